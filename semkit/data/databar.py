@@ -59,6 +59,10 @@ def detect_databar(image: np.ndarray) -> int:
             gap += 1
             if gap > MAX_GAP_ROWS:
                 break
+    if top == 0 and len(flags) and flags[0]:
+        # The uniform band reaches the top of the search window: a flat image region (an empty or saturated
+        # frame), not a bar, which is never taller than MAX_BAR_FRACTION of the image.
+        return 0
     rows = len(flags) - top
     return rows if rows >= MIN_BAR_ROWS else 0
 

@@ -162,7 +162,8 @@ def _read(path: Path, metadata: bool = True) -> tuple[np.ndarray, int | str, dic
     try:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path, metadata)
-        return _read_pil(path)
+        # Label reading (metadata=False) keeps palette indices: they are the classes, the colours are display only.
+        return _read_pil(path, keep_palette_indices=not metadata)
     except InputError:
         raise
     except Exception as exc:  # corrupt/truncated files raise many different library errors
@@ -197,15 +198,17 @@ def _read_tiff(path: Path, metadata: bool) -> tuple[np.ndarray, int | str, dict]
     return data, channels, meta
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, int | str, dict]:
+def _read_pil(path: Path, keep_palette_indices: bool = False) -> tuple[np.ndarray, int | str, dict]:
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()  # forces decoding so truncated files fail here, naming the file
         mode = im.mode
-        if mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        if mode == "P" and keep_palette_indices:
             channels: int | str = "palette"
+        elif mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            channels = "palette"
         elif mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
             channels = 1
         elif mode in ("LA",):
@@ -220,7 +223,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, int | str, dict]:
             raise InputError(f"unsupported image mode {mode!r}", path)
         data = np.array(im)
     if mode == "1":
-        data = data.astype(np.uint8)
+        data = data.astype(bool)  # bilevel: scaled to exactly 0 and 1, not to 0 and 1/255
     elif mode.startswith("I;16"):
         data = data.astype(np.uint16)
     return data, channels, {}
