@@ -11,6 +11,7 @@ never held in memory at once. :func:`load_unlabeled` is the list version for sma
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def magnification_bucket(
         threshold_um: the split; 50 µm by default (a 1024-px image at 48.8 nm/px).
 
     Returns:
-        ``"high"``, ``"low"``, or ``None`` when the field of view is unknown (never guessed).
+        ``"high"``, ``"low"``, or ``None`` when the field of view is unknown (``None`` or NaN, as a manifest
+        column holds it): an uncalibrated image is never guessed into a bucket.
     """
-    if field_of_view_um is None:
+    if field_of_view_um is None or not math.isfinite(float(field_of_view_um)):
         return None
     return "high" if field_of_view_um < threshold_um else "low"
 
