@@ -18,9 +18,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from semkit.cli import data, demo
+    from semkit.cli import curate, data, demo, evaluate, stem
 
-    for module in (data, demo):
+    for module in (data, curate, evaluate, stem, demo):
         for command in module.commands:
             main.add_command(command)
 
