@@ -18,9 +18,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from semkit.cli import curate, data, demo, evaluate, stem
+    from semkit.cli import bench, curate, data, demo, evaluate, stem
 
-    for module in (data, curate, evaluate, stem, demo):
+    for module in (data, curate, evaluate, stem, bench, demo):
         for command in module.commands:
             main.add_command(command)
 

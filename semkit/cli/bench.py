@@ -1,0 +1,51 @@
+"""``semkit bench …``: speed benchmarks that users run on their own hardware.
+
+Every benchmark prints its numbers and compares alternatives side by side in one run (machines are noisy, so
+timings from different runs are not compared).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Speed benchmarks (print numbers; add --json to also print the result as JSON)."""
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+
+
+@bench.command("metrics")
+@click.option("--height", default=1200, show_default=True)
+@click.option("--width", default=1920, show_default=True)
+@click.option("--instances", "n_instances", default=300, show_default=True, help="Ground-truth particles.")
+@click.option("--repeats", default=20, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
+def bench_metrics(height: int, width: int, n_instances: int, repeats: int, seed: int, as_json: bool) -> None:
+    """AJI+ evaluation time on a full-size image (overlap table and Hungarian matching separately)."""
+    from semkit.bench.metrics import bench_aji
+
+    _emit(bench_aji(height=height, width=width, n_instances=n_instances, repeats=repeats, seed=seed), as_json)
+
+
+@bench.command("stem")
+@click.option("--images", "n_images", default=20, show_default=True, help="Synthetic HAADF images.")
+@click.option("--size", default=1024, show_default=True, help="Image side in pixels.")
+@click.option("--repeats", default=30, show_default=True, help="Runs per image; the per-image median is kept.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
+def bench_stem(n_images: int, size: int, repeats: int, seed: int, as_json: bool) -> None:
+    """STEM boxing time per image (segmentation, Algorithm 1 and 2) and box-count reduction."""
+    from semkit.bench.stem import bench_stem as run
+
+    _emit(run(n_images=n_images, size=size, repeats=repeats, seed=seed), as_json)
+
+
+commands = [bench]
