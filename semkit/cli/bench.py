@@ -48,4 +48,22 @@ def bench_stem(n_images: int, size: int, repeats: int, seed: int, as_json: bool)
     _emit(run(n_images=n_images, size=size, repeats=repeats, seed=seed), as_json)
 
 
+@bench.command("predict")
+@click.option("--backbone", "backbones", multiple=True, default=("convnextv2_pico", "resnet50"), show_default=True,
+              help="Backbones to compare (repeatable).")
+@click.option("--runtime", "runtimes", multiple=True, default=("torch", "onnx"), show_default=True,
+              type=click.Choice(["torch", "onnx"]), help="Runtimes to compare (repeatable).")
+@click.option("--size", "shape", default=(1200, 1920), nargs=2, type=int, show_default=True, help="Image H W.")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
+def bench_predict(backbones, runtimes, shape, repeats, threads, seed, as_json) -> None:
+    """Seconds per image of Mask R-CNN inference, backbones x runtimes side by side (random weights)."""
+    from semkit.bench.predict import bench_predict as run
+
+    _emit(run(backbones=tuple(backbones), runtimes=tuple(runtimes), shape=tuple(shape), repeats=repeats,
+              threads=threads, seed=seed), as_json)
+
+
 commands = [bench]

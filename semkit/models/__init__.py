@@ -13,6 +13,7 @@ from semkit.models.backbones import (
     load_encoder_state_dict,
 )
 from semkit.models.classical import segment_classical
+from semkit.models.io import load_model, save_model
 from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds, combine_detections, combine_masks
 from semkit.models.uncertainty import UncertaintyConfig, UncertaintyHead, uncertainty_loss
@@ -31,6 +32,8 @@ def get_segmenter(name: str):
 
 
 __all__ = [
+    "load_model",
+    "save_model",
     "BACKBONES",
     "SEGMENTERS",
     "UNET_ARCHITECTURES",

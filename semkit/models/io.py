@@ -1,0 +1,174 @@
+"""Save and load trained segmentation models as a self-describing folder (no download needed to reload).
+
+A model folder holds:
+
+* ``config.json`` -- the model's settings dataclass (:class:`semkit.models.maskrcnn.MaskRCNNConfig`) as JSON,
+  exactly ``model.config.to_dict()``;
+* ``weights.pt`` -- the ``state_dict`` (loaded back with ``strict=True``);
+* ``thresholds.json`` -- the :class:`semkit.models.postprocess.CombineThresholds` picked on validation data;
+* ``meta.json`` -- which builder to call (``"model": "maskrcnn"``), a format version and the caller's ``extra``
+  dictionary (training settings, metrics, the data split...).
+
+:func:`load_model` rebuilds the architecture with *random* initialisation whatever ``config.init`` says (the
+original value stays in ``config.json`` for the record), so reloading never touches the network or a
+pretraining checkpoint that may no longer exist, and then loads every tensor from ``weights.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from semkit.errors import InputError
+from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from semkit.models.postprocess import CombineThresholds
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+THRESHOLDS_FILE = "thresholds.json"
+META_FILE = "meta.json"
+
+#: Savable model kinds: name -> (config class, builder). The config class must be a dataclass.
+MODEL_KINDS: dict[str, tuple[type, object]] = {"maskrcnn": (MaskRCNNConfig, build_maskrcnn)}
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    thresholds: CombineThresholds | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model`` (with its settings and post-processing thresholds) to the folder ``path``.
+
+    Args:
+        model: a model built by :func:`semkit.models.build_maskrcnn` (it carries ``.config``).
+        path: folder to create (parents too); existing files of the same names are overwritten.
+        thresholds: combination thresholds; ``None`` stores the :class:`CombineThresholds` defaults.
+        extra: JSON-serialisable metadata stored in ``meta.json`` and returned by :func:`load_model`.
+
+    Returns:
+        The folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: the model has no known ``.config`` or ``extra`` is not JSON-serialisable.
+    """
+    kind = _kind_of(model)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "model": kind, "extra": dict(extra or {})}
+    try:
+        meta_text = json.dumps(meta, indent=2)
+    except TypeError as err:
+        raise TypeError(f"extra must be JSON-serialisable: {err}") from err
+    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
+    (folder / THRESHOLDS_FILE).write_text(json.dumps(asdict(thresholds or CombineThresholds()), indent=2))
+    (folder / META_FILE).write_text(meta_text)
+    # CPU tensors so a GPU-trained model loads on a CPU-only machine without map_location surprises
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds, dict]:
+    """Rebuild a model saved by :func:`save_model`, in eval mode on the CPU.
+
+    Args:
+        path: the model folder (or its ``weights.pt`` / ``config.json``).
+
+    Returns:
+        ``(model, thresholds, extra)``. ``model.config.init`` is the value it was trained with; the weights
+        come only from ``weights.pt``.
+
+    Raises:
+        InputError: the folder or one of its files is missing, unreadable, or the weights do not fit the
+            architecture described by ``config.json`` (the message names the file and the first mismatches).
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError("model folder not found", folder)
+    meta = _read_json(folder / META_FILE) if (folder / META_FILE).exists() else {"model": "maskrcnn"}
+    kind = meta.get("model", "maskrcnn")
+    if kind not in MODEL_KINDS:
+        raise InputError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}", folder / META_FILE)
+    config_cls, builder = MODEL_KINDS[kind]
+    raw = _read_json(folder / CONFIG_FILE)
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"unknown settings {unknown} for a {kind} model", folder / CONFIG_FILE)
+    try:
+        config = config_cls(**_tuples(raw))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"invalid settings: {err}", folder / CONFIG_FILE) from err
+    # random init: no download, no dependence on the pretraining checkpoint the model started from
+    model = builder(config, init="random", imagenet_file=None)
+    model.config = config
+    state = _read_weights(folder / WEIGHTS_FILE)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(f"weights do not match {CONFIG_FILE}: {_short(err)}", folder / WEIGHTS_FILE) from err
+    model.eval()
+    th_path = folder / THRESHOLDS_FILE
+    thresholds = CombineThresholds(**_read_json(th_path)) if th_path.exists() else CombineThresholds()
+    return model, thresholds, dict(meta.get("extra", {}))
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a folder written by :func:`save_model`."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+
+
+def _kind_of(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    for kind, (config_cls, _) in MODEL_KINDS.items():
+        if isinstance(config, config_cls):
+            return kind
+    raise TypeError(
+        f"cannot save a model whose .config is {type(config).__name__}; savable: "
+        + ", ".join(cls.__name__ for cls, _ in MODEL_KINDS.values())
+    )
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError("missing file of the model folder", path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"unreadable JSON: {err}", path) from err
+
+
+def _read_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError("missing file of the model folder", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types (pickle, zip, runtime) for a damaged file
+        raise InputError(f"unreadable weights: {err}", path) from err
+    if not isinstance(state, dict):
+        raise InputError(f"expected a state dict, got {type(state).__name__}", path)
+    return state
+
+
+def _tuples(value):
+    # JSON turns the config's tuples into lists; the dataclass expects (nested) tuples
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _short(err: Exception, limit: int = 600) -> str:
+    text = " ".join(str(err).split())  # torch's message spans lines; keep the error on one line
+    return text if len(text) <= limit else text[:limit] + " ..."
