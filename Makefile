@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	# MinkowskiEngine (sparse FCMAE backend): built once (~6 min on 2 cores), then installed from a cached wheel
+	bash semkit/ssl/install_minkowski.sh $(BIN)/python
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -66,4 +66,21 @@ def bench_predict(backbones, runtimes, shape, repeats, threads, seed, as_json) -
               threads=threads, seed=seed), as_json)
 
 
+@bench.command("ssl")
+@click.option("--backbone", default="convnextv2_atto", show_default=True)
+@click.option("--crop", "crop_size", default=224, show_default=True, help="Square crop side (multiple of 32).")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--ratio", "ratios", multiple=True, type=float, default=(0.5, 0.75), show_default=True,
+              help="Mask ratios (repeatable).")
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
+def bench_ssl(backbone, crop_size, batch_size, ratios, repeats, seed, as_json) -> None:
+    """FCMAE images/s, dense vs MinkowskiEngine sparse backend, at each mask ratio side by side."""
+    from semkit.bench.ssl import bench_ssl as run
+
+    _emit(run(backbone=backbone, crop_size=crop_size, batch_size=batch_size, ratios=tuple(ratios),
+              repeats=repeats, seed=seed), as_json)
+
+
 commands = [bench]
