@@ -24,6 +24,7 @@ def bench_ssl(
     ratios: tuple[float, ...] = (0.5, 0.75),
     repeats: int = 5,
     backends: tuple[str, ...] = ("dense", "minkowski"),
+    decoder_dim: int = 512,
     seed: int = 0,
     echo=print,
 ) -> dict:
@@ -36,6 +37,7 @@ def bench_ssl(
         ratios: mask ratios.
         repeats: timed repeats per backend and ratio (after one warm-up); the median is kept.
         backends: ``"dense"`` and/or ``"minkowski"``; an unavailable MinkowskiEngine is reported, not fatal.
+        decoder_dim: FCMAE decoder width (512 as in the paper).
         seed: weights, batch and masks.
         echo: where to print the table (``None`` = silent).
 
@@ -49,7 +51,7 @@ def bench_ssl(
 
     torch.manual_seed(seed)
     models, skipped = {}, {}
-    base = FCMAE(backbone, decoder_dim=512)
+    base = FCMAE(backbone, decoder_dim=decoder_dim)
     for name in backends:
         if name == "dense":
             models[name] = base
@@ -58,7 +60,7 @@ def bench_ssl(
             if not ok:
                 skipped[name] = why
                 continue
-            sparse = FCMAE(backbone, decoder_dim=512, backend="minkowski")
+            sparse = FCMAE(backbone, decoder_dim=decoder_dim, backend="minkowski")
             sparse.load_state_dict(_sparse_state(base, sparse))
             models[name] = sparse
         else:
@@ -97,6 +99,7 @@ def bench_ssl(
             rows.append({"backend": name, "mask_ratio": ratio, "encoder_images_per_s": batch_size / e,
                          "train_images_per_s": batch_size / s, "encoder_ms": 1e3 * e, "train_step_ms": 1e3 * s})
     settings = {"backbone": backbone, "crop_size": crop_size, "batch_size": batch_size, "repeats": repeats,
+                "decoder_dim": decoder_dim,
                 "threads": torch.get_num_threads(), "device": "cpu"}
     result = {"rows": rows, "skipped": skipped, "settings": settings, "max_abs_diff": diffs}
     if echo is not None:

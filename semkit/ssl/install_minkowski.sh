@@ -96,7 +96,7 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semkit-minkowski.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -m pip install --quiet --target "$WORK/tools" "setuptools<70" ninja
+"$PY" -m pip install --quiet --no-warn-conflicts --target "$WORK/tools" "setuptools<70" ninja
 export PYTHONPATH="$WORK/tools${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$WORK/tools/bin:$PATH"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"

@@ -262,9 +262,9 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int, min_factor: float 
 def steps_of(module) -> tuple[int, int]:
     """``(total optimiser steps, steps per epoch)`` of the fitting run a LightningModule is attached to."""
     trainer = module.trainer
-    total = int(trainer.estimated_stepping_batches)
-    per_epoch = max(1, total // max(1, trainer.max_epochs)) if trainer.max_epochs and trainer.max_epochs > 0 else total
-    return max(1, total), max(1, per_epoch)
+    total = max(1, int(trainer.estimated_stepping_batches))  # accounts for limit_train_batches and devices
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+    return total, max(1, total // epochs)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -217,18 +217,19 @@ def test_a_few_training_steps_reduce_the_loss():
     from semkit.ssl.data import synthetic_config
 
     images = torch.from_numpy(np.stack([r.image for r in make_sem_dataset(4, 0, synthetic_config(64))]))[:, None]
-    config = PretrainConfig(crop_size=64, decoder_dim=64, norm_pix_loss=False, lr=2e-3)
+    config = PretrainConfig(crop_size=64, decoder_dim=32, norm_pix_loss=False)
     module = FCMAEModule(config)
-    opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(module.parameters(), lr=5e-3)
     mask = module.model.random_mask(4, (2, 2), 0.5, generator=torch.Generator().manual_seed(0))
     losses = []
-    for _ in range(12):
+    for _ in range(6):
         loss, _, _ = module(images, mask=mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(b < a for a, b in zip(losses[:3], losses[1:4], strict=True)), losses  # monotone at first
 
 
 def test_bad_sizes_and_backbones_are_clear_errors(model):

@@ -167,7 +167,7 @@ def test_real_phenom_pool(phenom_dir):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    config = PretrainConfig(crop_size=64, synthetic_count=10, batch_size=4, epochs=3, decoder_dim=32,
+    config = PretrainConfig(crop_size=64, synthetic_count=10, batch_size=4, epochs=2, decoder_dim=32,
                             lr=3e-3, accelerator="cpu", output_dir=str(out), seed=1)
     return config, pretrain(config)
 
@@ -183,8 +183,8 @@ def test_pretrain_writes_config_checkpoints_and_encoder(run):
     assert (meta["method"], meta["backbone"], meta["in_chans"]) == ("fcmae", "convnextv2_atto", 1)
     assert meta["config"] == config.to_dict()
     assert (results["n_train_images"], results["n_val_images"]) == (8, 2)
-    assert results["steps"] == 3 * 2  # 8 images / batch 4 per epoch
-    assert len(results["train_loss"]) == len(results["val_loss"]) == 3
+    assert results["steps"] == 2 * 2  # 8 images / batch 4 per epoch
+    assert len(results["train_loss"]) == len(results["val_loss"]) == 2
     history = read_history(out)
     assert history["val/loss"].tolist() == pytest.approx(results["val_loss"])
 

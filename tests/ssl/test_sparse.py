@@ -67,7 +67,7 @@ def test_channelwise_kernel_is_the_depthwise_weight_transposed_in_space():
 # linear layers: both layouts are checked.
 @pytest.mark.parametrize(
     "backbone,size,ratios",
-    [("convnextv2_atto", (128, 96), (0.5, 0.75)), ("convnextv2_tiny", (64, 64), (0.5,))],
+    [("convnextv2_atto", (96, 64), (0.5, 0.75)), ("convnextv2_tiny", (64, 64), (0.5,))],
 )
 def test_dense_and_sparse_backends_agree(backbone, size, ratios, atto_pair):
     dense, sparse = atto_pair if backbone == "convnextv2_atto" else _pair(backbone)
@@ -162,7 +162,7 @@ def test_weight_conversion_round_trips_and_training_updates_export(atto_pair):
 def test_benchmark_reports_both_backends_side_by_side():
     from semkit.bench.ssl import bench_ssl, format_table
 
-    result = bench_ssl(crop_size=64, batch_size=2, ratios=(0.5, 0.75), repeats=1, echo=None)
+    result = bench_ssl(crop_size=64, batch_size=2, ratios=(0.5, 0.75), repeats=1, decoder_dim=32, echo=None)
     rows = result["rows"]
     assert [(r["backend"], r["mask_ratio"]) for r in rows] == [
         ("dense", 0.5), ("minkowski", 0.5), ("dense", 0.75), ("minkowski", 0.75)]
