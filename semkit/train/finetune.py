@@ -14,7 +14,7 @@ epochs, crops, batch size, learning rate, seeds, hardware) and :func:`finetune` 
    ground truth and the confidence-vs-IoU check (Spearman correlation of each predicted particle's confidence
    with its IoU; the same numbers for the objectness as a reference);
 3. write, per repeat, the model folder (:func:`semkit.models.io.save_model`; Mask R-CNN), Lightning's
-   checkpoint and ``metrics.csv`` curves, the thresholds, the predicted label maps / particle tables / overlays
+   checkpoint and ``logs/metrics.csv`` curves, the thresholds, the predicted label maps / particle tables / overlays
    and the evaluation tables, and, for the run, ``results.json`` (per repeat, mean and std over repeats) with
    ``finetune_config.json`` next to it.
 
@@ -530,12 +530,13 @@ def write_predictions(folder: str | Path, records: list[SEMRecord],
                       predictions: list[tuple[np.ndarray, pd.DataFrame]]) -> Path:
     """Write ``NAME_labels.tif`` (instance labels), ``NAME_particles.csv`` and ``NAME_overlay.png`` per image.
 
-    The overlay draws certain particles green and uncertain ones red (:func:`semkit.train.plots.overlay_rgb`).
+    The overlay draws certain particles green and uncertain ones red
+    (:func:`semkit.inference.outputs.overlay_image`, as ``semkit predict`` does).
     """
     from PIL import Image
 
     from semkit.data.io import save_labels
-    from semkit.train.plots import overlay_rgb
+    from semkit.inference.outputs import overlay_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -543,8 +544,8 @@ def write_predictions(folder: str | Path, records: list[SEMRecord],
         name = rec.name or f"image_{i:04d}"
         save_labels(folder / f"{name}_labels.tif", labels)
         table.to_csv(folder / f"{name}_particles.csv", index=False)
-        uncertain = table.loc[~table["certain"].astype(bool), "id"].to_numpy()
-        Image.fromarray(overlay_rgb(rec.image, labels, uncertain)).save(folder / f"{name}_overlay.png")
+        certain_ids = table.loc[table["certain"].astype(bool), "id"].to_numpy()
+        Image.fromarray(overlay_image(rec.image, labels, certain_ids)).save(folder / f"{name}_overlay.png")
     return folder
 
 

@@ -1,7 +1,8 @@
 """Figures of a fine-tuning run: training curves and prediction overlays (certain green, uncertain red).
 
-Every function returns a matplotlib ``Figure`` (or an RGB array) and never calls ``plt.show()``. The confidence
-histogram of certain vs uncertain particles is :func:`semkit.plotting.evaluation.plot_confidence_histograms`.
+Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``. The overlay colours come from
+:func:`semkit.inference.outputs.overlay_image` (the same as ``semkit predict`` writes); the confidence histogram
+of certain vs uncertain particles is :func:`semkit.plotting.evaluation.plot_confidence_histograms`.
 """
 
 from __future__ import annotations
@@ -10,37 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from skimage.segmentation import find_boundaries
 
-#: Colours of the overlays, as in the uncertainty-aware study's figures.
-CERTAIN_RGB = (0, 200, 0)
-UNCERTAIN_RGB = (230, 0, 0)
-
-
-def overlay_rgb(image: np.ndarray, labels: np.ndarray, uncertain_ids: Sequence[int] = (), alpha: float = 0.3
-                ) -> np.ndarray:
-    """Grayscale image with particles tinted and outlined: certain green, uncertain red.
-
-    Args:
-        image: (H, W) float in [0, 1].
-        labels: (H, W) int instance labels, 0 = background.
-        uncertain_ids: labels drawn red; every other particle is green.
-        alpha: tint strength inside particles (outlines are opaque).
-
-    Returns:
-        uint8 (H, W, 3).
-    """
-    gray = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    rgb = np.repeat(gray[..., None], 3, axis=2) * 255.0
-    fg = labels > 0
-    uncertain = np.isin(labels, np.asarray(list(uncertain_ids), dtype=labels.dtype)) & fg
-    colour = np.zeros_like(rgb)
-    colour[fg] = CERTAIN_RGB
-    colour[uncertain] = UNCERTAIN_RGB
-    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colour[fg]
-    edges = find_boundaries(labels, mode="inner") & fg
-    rgb[edges] = colour[edges]
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+from semkit.inference.outputs import overlay_image
 
 
 def plot_training_curves(history: pd.DataFrame, metrics: Sequence[str] = ("train/loss_epoch", "val/aji_plus")):
@@ -83,10 +55,10 @@ def plot_overlays(images: Sequence[np.ndarray], predictions: Sequence[tuple[np.n
     fig, axes = plt.subplots(1, max(n, 1), figsize=(panel_size * max(n, 1), panel_size), squeeze=False)
     for i in range(n):
         labels, table = predictions[i]
-        uncertain = table.loc[~table["certain"].astype(bool), "id"].to_numpy() if len(table) else []
+        certain = table["certain"].astype(bool).to_numpy() if len(table) else np.zeros(0, bool)
         ax = axes[0, i]
-        ax.imshow(overlay_rgb(images[i], labels, uncertain))
-        n_unc = len(uncertain)
+        ax.imshow(overlay_image(images[i], labels, table["id"].to_numpy()[certain] if len(table) else []))
+        n_unc = int((~certain).sum())
         title = f"{names[i]}: " if names is not None else ""
         ax.set_title(f"{title}{len(table) - n_unc} certain, {n_unc} uncertain", fontsize="small")
         ax.set_axis_off()
