@@ -29,7 +29,6 @@ Files written into ``config.output_dir``::
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import math
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 
+from semkit.config import JsonConfig
 from semkit.errors import InputError
 from semkit.models.backbones import BACKBONES
 
@@ -58,7 +58,7 @@ ENCODER_META_FILE = "encoder.json"
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(JsonConfig):
     """Settings of one pretraining run (saved as ``pretrain_config.json`` next to every checkpoint).
 
     Methods read the fields they need and ignore the others (e.g. only FCMAE reads ``mask_ratio``).
@@ -180,36 +180,6 @@ class PretrainConfig:
             raise InputError("warmup_epochs and num_workers must be >= 0")
 
     # ---- persistence
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the configuration as JSON to ``path`` (a file) and return it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``TypeError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TypeError(f"unknown PretrainConfig fields: {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def load(cls, path: str | Path) -> PretrainConfig:
-        """Read a configuration written by :meth:`save` (e.g. ``<run>/pretrain_config.json``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("pretraining configuration not found", path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise InputError(f"not a PretrainConfig JSON: {err}", path) from None
 
     def world_size(self) -> int | None:
         """Processes the run will use (devices x nodes), or ``None`` when ``devices`` is ``"auto"``/-1."""

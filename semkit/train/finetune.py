@@ -24,7 +24,6 @@ Approaches: ``"maskrcnn"`` (with or without the uncertainty head), ``"unet"`` (d
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semkit.config import JsonConfig
 from semkit.data.records import SEMRecord
 from semkit.errors import InputError
 from semkit.train.data import DataConfig, SEMDataModule, bam_split, check_records, select_bucket
@@ -60,7 +60,7 @@ QUICK_MASKRCNN = {"detections_per_img": 100, "rpn_pre_nms_top_n_train": 500, "rp
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(JsonConfig):
     """Settings of one fine-tuning experiment (saved as ``finetune_config.json`` next to its results).
 
     Attributes:
@@ -153,25 +153,6 @@ class FinetuneConfig:
             return float(self.lr)
         return 1e-3 if self.model == "unet" else 1e-4
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> FinetuneConfig:
-        """Read a saved configuration; unknown keys raise :class:`InputError` naming the file."""
-        path = Path(path)
-        values = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown FinetuneConfig fields: {', '.join(unknown)}", path)
-        return cls(**values)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ The configuration is written as ``trainer_config.json`` into the run folder next
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ import pandas as pd
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from semkit.config import JsonConfig
+
 CONFIG_FILE = "trainer_config.json"
 #: Per-step / per-epoch values logged by the modules, written by Lightning's CSV logger (with hparams.yaml).
 LOG_DIR = "logs"
@@ -28,7 +28,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(JsonConfig):
     """Settings of one Lightning training run.
 
     Attributes:
@@ -87,24 +87,6 @@ class TrainerConfig:
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the configuration as JSON to ``path`` (a file) and return it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``TypeError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TypeError(f"unknown TrainerConfig fields: {', '.join(unknown)}")
-        return cls(**values)
 
 
 def make_trainer(config: TrainerConfig, callbacks: Iterable[Callback] = ()) -> L.Trainer:
