@@ -179,8 +179,6 @@ class PretrainConfig(JsonConfig):
         if self.warmup_epochs < 0 or self.num_workers < 0:
             raise InputError("warmup_epochs and num_workers must be >= 0")
 
-    # ---- persistence
-
     def world_size(self) -> int | None:
         """Processes the run will use (devices x nodes), or ``None`` when ``devices`` is ``"auto"``/-1."""
         if isinstance(self.devices, list | tuple):
