@@ -160,6 +160,9 @@ def load_predictor(path: str | os.PathLike, device: str = "cpu"):
         return OnnxDetector(p, device=device)
     if is_model_folder(p) or (p.is_file() and is_model_folder(p.parent)):
         model, thresholds, _ = load_model(p)
+        if not isinstance(thresholds, CombineThresholds):  # a U-Net: no detections to tile and stitch
+            raise InputError("this is a U-Net model folder; particle prediction here needs a Mask R-CNN -- "
+                             "predict with semkit.models.predict_unet(model, images, thresholds) instead", p)
         return TorchDetector(model, device, thresholds)
     raise InputError("not a model: expected a folder written by semkit.models.io.save_model (config.json + "
                      "weights.pt) or an .onnx file written by semkit.inference.onnx.export_onnx", p)

@@ -18,7 +18,16 @@ from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds, combine_detections, combine_masks
 from semkit.models.uncertainty import UncertaintyConfig, UncertaintyHead, uncertainty_loss
 from semkit.models.unet import ARCHITECTURES as UNET_ARCHITECTURES
-from semkit.models.unet import UNET_ENCODERS, build_unet, instances_from_prediction, unet_targets
+from semkit.models.unet import (
+    UNET_ENCODERS,
+    UNetConfig,
+    UNetPostprocess,
+    build_unet,
+    build_unet_model,
+    instances_from_prediction,
+    predict_unet,
+    unet_targets,
+)
 
 #: Segmentation approaches of the comparison tables -> builder.
 SEGMENTERS = {"maskrcnn": build_maskrcnn, "unet": build_unet, "classical": segment_classical}
@@ -42,9 +51,12 @@ __all__ = [
     "MaskRCNNConfig",
     "UncertaintyConfig",
     "UncertaintyHead",
+    "UNetConfig",
+    "UNetPostprocess",
     "WeightsUnavailableError",
     "build_maskrcnn",
     "build_unet",
+    "build_unet_model",
     "combine_detections",
     "combine_masks",
     "count_parameters",
@@ -53,6 +65,7 @@ __all__ = [
     "get_segmenter",
     "instances_from_prediction",
     "load_encoder_state_dict",
+    "predict_unet",
     "segment_classical",
     "uncertainty_loss",
     "unet_targets",

@@ -2,12 +2,14 @@
 
 A model folder holds:
 
-* ``config.json`` -- the model's settings dataclass (:class:`semkit.models.maskrcnn.MaskRCNNConfig`) as JSON,
-  exactly ``model.config.to_dict()``;
+* ``config.json`` -- the model's settings dataclass (:class:`semkit.models.maskrcnn.MaskRCNNConfig` or
+  :class:`semkit.models.unet.UNetConfig`) as JSON, exactly ``asdict(model_settings(model))``;
 * ``weights.pt`` -- the ``state_dict`` (loaded back with ``strict=True``);
-* ``thresholds.json`` -- the :class:`semkit.models.postprocess.CombineThresholds` picked on validation data;
-* ``meta.json`` -- which builder to call (``"model": "maskrcnn"``), a format version and the caller's ``extra``
-  dictionary (training settings, metrics, the data split...).
+* ``thresholds.json`` -- the post-processing picked on validation data
+  (:class:`semkit.models.postprocess.CombineThresholds` for Mask R-CNN,
+  :class:`semkit.models.unet.UNetPostprocess` for U-Net);
+* ``meta.json`` -- which builder to call (``"model": "maskrcnn"`` or ``"unet"``), a format version and the
+  caller's ``extra`` dictionary (training settings, metrics, the data split...).
 
 :func:`load_model` rebuilds the architecture with *random* initialisation whatever ``config.init`` says (the
 original value stays in ``config.json`` for the record), so reloading never touches the network or a
@@ -27,6 +29,7 @@ from torch import nn
 from semkit.errors import InputError
 from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds
+from semkit.models.unet import UNetConfig, UNetPostprocess, build_unet_model
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -34,31 +37,42 @@ WEIGHTS_FILE = "weights.pt"
 THRESHOLDS_FILE = "thresholds.json"
 META_FILE = "meta.json"
 
-#: Savable model kinds: name -> (config class, builder). The config class must be a dataclass.
-MODEL_KINDS: dict[str, tuple[type, object]] = {"maskrcnn": (MaskRCNNConfig, build_maskrcnn)}
+#: Savable model kinds: name -> (config dataclass, builder(config, **overrides), post-processing dataclass).
+MODEL_KINDS: dict[str, tuple[type, object, type]] = {
+    "maskrcnn": (MaskRCNNConfig, build_maskrcnn, CombineThresholds),
+    "unet": (UNetConfig, build_unet_model, UNetPostprocess),
+}
 
 
 def save_model(
     model: nn.Module,
     path: str | os.PathLike,
-    thresholds: CombineThresholds | None = None,
+    thresholds: CombineThresholds | UNetPostprocess | None = None,
     extra: dict | None = None,
 ) -> Path:
     """Write ``model`` (with its settings and post-processing thresholds) to the folder ``path``.
 
     Args:
-        model: a model built by :func:`semkit.models.build_maskrcnn` (it carries ``.config``).
+        model: a model built by :func:`semkit.models.build_maskrcnn` or
+            :func:`semkit.models.unet.build_unet_model` (it carries ``.config``).
         path: folder to create (parents too); existing files of the same names are overwritten.
-        thresholds: combination thresholds; ``None`` stores the :class:`CombineThresholds` defaults.
+        thresholds: post-processing of the model's kind (:class:`CombineThresholds` for Mask R-CNN,
+            :class:`UNetPostprocess` for U-Net); ``None`` stores that kind's defaults.
         extra: JSON-serialisable metadata stored in ``meta.json`` and returned by :func:`load_model`.
 
     Returns:
         The folder as a :class:`~pathlib.Path`.
 
     Raises:
-        TypeError: the model has no known ``.config`` or ``extra`` is not JSON-serialisable.
+        TypeError: the model has no known ``.config``, ``thresholds`` belong to another kind of model, or
+            ``extra`` is not JSON-serialisable.
     """
     kind = _kind_of(model)
+    thresholds_cls = MODEL_KINDS[kind][2]
+    if thresholds is None:
+        thresholds = thresholds_cls()
+    elif not isinstance(thresholds, thresholds_cls):
+        raise TypeError(f"a {kind} model needs {thresholds_cls.__name__} thresholds, got {type(thresholds).__name__}")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, "model": kind, "extra": dict(extra or {})}
@@ -66,8 +80,8 @@ def save_model(
         meta_text = json.dumps(meta, indent=2)
     except TypeError as err:
         raise TypeError(f"extra must be JSON-serialisable: {err}") from err
-    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
-    (folder / THRESHOLDS_FILE).write_text(json.dumps(asdict(thresholds or CombineThresholds()), indent=2))
+    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model_settings(model)), indent=2))
+    (folder / THRESHOLDS_FILE).write_text(json.dumps(asdict(thresholds), indent=2))
     (folder / META_FILE).write_text(meta_text)
     # CPU tensors so a GPU-trained model loads on a CPU-only machine without map_location surprises
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -75,14 +89,14 @@ def save_model(
     return folder
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds, dict]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds | UNetPostprocess, dict]:
     """Rebuild a model saved by :func:`save_model`, in eval mode on the CPU.
 
     Args:
         path: the model folder (or its ``weights.pt`` / ``config.json``).
 
     Returns:
-        ``(model, thresholds, extra)``. ``model.config.init`` is the value it was trained with; the weights
+        ``(model, thresholds, extra)``. ``model_settings(model).init`` is the value it was trained with; the weights
         come only from ``weights.pt``.
 
     Raises:
@@ -98,7 +112,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds, d
     kind = meta.get("model", "maskrcnn")
     if kind not in MODEL_KINDS:
         raise InputError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}", folder / META_FILE)
-    config_cls, builder = MODEL_KINDS[kind]
+    config_cls, builder, thresholds_cls = MODEL_KINDS[kind]
     raw = _read_json(folder / CONFIG_FILE)
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(raw) - known)
@@ -110,7 +124,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds, d
         raise InputError(f"invalid settings: {err}", folder / CONFIG_FILE) from err
     # random init: no download, no dependence on the pretraining checkpoint the model started from
     model = builder(config, init="random", imagenet_file=None)
-    model.config = config
+    _set_settings(model, config)
     state = _read_weights(folder / WEIGHTS_FILE)
     try:
         model.load_state_dict(state, strict=True)
@@ -118,7 +132,10 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds, d
         raise InputError(f"weights do not match {CONFIG_FILE}: {_short(err)}", folder / WEIGHTS_FILE) from err
     model.eval()
     th_path = folder / THRESHOLDS_FILE
-    thresholds = CombineThresholds(**_read_json(th_path)) if th_path.exists() else CombineThresholds()
+    try:
+        thresholds = thresholds_cls(**_read_json(th_path)) if th_path.exists() else thresholds_cls()
+    except TypeError as err:
+        raise InputError(f"invalid {thresholds_cls.__name__}: {err}", th_path) from err
     return model, thresholds, dict(meta.get("extra", {}))
 
 
@@ -128,14 +145,26 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
+def model_settings(model: nn.Module):
+    """The settings dataclass a savable model carries: ``.semkit_config`` (U-Net) or ``.config`` (Mask R-CNN)."""
+    return model.__dict__.get("semkit_config", getattr(model, "config", None))
+
+
+def _set_settings(model: nn.Module, config) -> None:
+    if "semkit_config" in model.__dict__:
+        model.semkit_config = config
+    else:
+        model.config = config
+
+
 def _kind_of(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    for kind, (config_cls, _) in MODEL_KINDS.items():
+    config = model_settings(model)
+    for kind, (config_cls, _, _) in MODEL_KINDS.items():
         if isinstance(config, config_cls):
             return kind
     raise TypeError(
         f"cannot save a model whose .config is {type(config).__name__}; savable: "
-        + ", ".join(cls.__name__ for cls, _ in MODEL_KINDS.values())
+        + ", ".join(cls.__name__ for cls, _, _ in MODEL_KINDS.values())
     )
 
 

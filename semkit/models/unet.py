@@ -26,7 +26,8 @@ References: Ronneberger et al., "U-Net", MICCAI 2015; Zhou et al., "UNet++", DLM
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -36,6 +37,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries, watershed
 from torch import nn
 
+from semkit.config import JsonConfig
 from semkit.errors import InputError
 from semkit.models.backbones import (
     BACKBONES,
@@ -53,6 +55,79 @@ UNET_ENCODERS: dict[str, str] = {"resnet50": "resnet50"} | {
     f"tu-{name}": name for name in BACKBONES if name.startswith("convnextv2")
 }
 CHANNELS = ("foreground", "distance")
+#: smp encoders need inputs whose sides are multiples of this (five stride-2 stages).
+UNET_DIVISOR = 32
+
+
+@dataclass
+class UNetConfig(JsonConfig):
+    """Settings of a U-Net baseline, saved as ``config.json`` in a model folder (:func:`semkit.models.save_model`).
+
+    Attributes:
+        encoder: one of :data:`UNET_ENCODERS`.
+        arch: ``"unet"`` or ``"unetplusplus"``.
+        init: encoder initialisation it was (or will be) built with: ``"random"``, ``"imagenet"`` or a semkit
+            encoder checkpoint path.
+        imagenet_file: local ImageNet weights for ``init="imagenet"``.
+        in_channels: input channels (1 for grayscale SEM).
+    """
+
+    encoder: str = "tu-convnextv2_atto"
+    arch: str = "unet"
+    init: str = "random"
+    imagenet_file: str | None = None
+    in_channels: int = 1
+
+
+@dataclass
+class UNetPostprocess(JsonConfig):
+    """Post-processing of :func:`instances_from_prediction`, saved as ``thresholds.json`` next to the weights."""
+
+    foreground_threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_area: int = 10
+
+
+def build_unet_model(config: UNetConfig | None = None, **overrides) -> nn.Module:
+    """Build the U-Net described by ``config`` (fields in ``overrides`` replace the config's for building only).
+
+    The returned model carries ``.semkit_config`` (the config as given, before overrides), which is what
+    :func:`semkit.models.save_model` stores; smp models already use ``.config`` for their own hub settings.
+    """
+    config = config or UNetConfig()
+    built = replace(config, **overrides)
+    model = build_unet(built.encoder, built.arch, init=built.init, imagenet_file=built.imagenet_file,
+                       in_channels=built.in_channels)
+    model.semkit_config = config
+    return model
+
+
+def unet_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images of any size → (B, 2, H, W) logits: zero-padded to :data:`UNET_DIVISOR`, cropped back."""
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % UNET_DIVISOR, (-w) % UNET_DIVISOR
+    x = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+    return model(x)[..., :h, :w]
+
+
+@torch.no_grad()
+def predict_unet(model: nn.Module, images: Sequence[np.ndarray], postprocess: UNetPostprocess | None = None,
+                 device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Instance label maps for (H, W) float images in [0, 1] with a U-Net (eval mode, one image at a time).
+
+    Args:
+        model: from :func:`build_unet_model` or :func:`semkit.models.load_model`.
+        images: grayscale images, any size.
+        postprocess: thresholds (e.g. the ones saved with the model); ``None`` = defaults.
+        device: where to run.
+    """
+    params = (postprocess or UNetPostprocess()).to_dict()
+    model = model.eval().to(device)
+    out = []
+    for image in images:
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+        out.append(instances_from_prediction(unet_logits(model, x)[0], **params))
+    return out
 
 
 def build_unet(

@@ -295,7 +295,8 @@ def _run_maskrcnn(config: FinetuneConfig, splits, seed: int, run_dir: Path):
 
 
 def _run_unet(config: FinetuneConfig, splits, seed: int, run_dir: Path):
-    from semkit.models.unet import instances_from_prediction
+    from semkit.models.io import save_model
+    from semkit.models.unet import UNetPostprocess, instances_from_prediction
     from semkit.train.thresholds import search_unet_thresholds
     from semkit.train.unet_module import UNetModule
 
@@ -313,7 +314,8 @@ def _run_unet(config: FinetuneConfig, splits, seed: int, run_dir: Path):
         table.to_csv(run_dir / "threshold_search.csv", index=False)
         info["val_aji_plus_tuned"] = float(table["score"].max())
     info["thresholds"] = params
-    (run_dir / "thresholds.json").write_text(json.dumps(params, indent=2))
+    info["model_dir"] = str(save_model(module.model, run_dir / "model", UNetPostprocess(**params),
+                                       extra={"finetune": config.to_dict(), "seed": seed, **_plain(info)}))
 
     def predict(records):
         logits = module.predict_logits([torch.from_numpy(r.image)[None] for r in records])

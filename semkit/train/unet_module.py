@@ -15,14 +15,18 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from semkit.metrics import aji_plus
 from semkit.models.backbones import BACKBONES
-from semkit.models.unet import UNET_ENCODERS, build_unet, instances_from_prediction, unet_loss
-
-#: smp encoders need inputs whose sides are multiples of this.
-UNET_DIVISOR = 32
+from semkit.models.unet import (
+    UNET_ENCODERS,
+    UNetConfig,
+    UNetPostprocess,
+    build_unet_model,
+    instances_from_prediction,
+    unet_logits,
+    unet_loss,
+)
 
 
 def unet_encoder_for(backbone: str) -> str:
@@ -65,18 +69,18 @@ class UNetModule(L.LightningModule):
                                    "lr": lr, "weight_decay": weight_decay,
                                    "foreground_threshold": foreground_threshold, "seed_threshold": seed_threshold,
                                    "min_area": min_area, "load_encoder": False})
-        self.model = build_unet(encoder, arch, init=init if load_encoder else "random",
-                                imagenet_file=imagenet_file if load_encoder else None)
+        config = UNetConfig(encoder=encoder, arch=arch, init=str(init),
+                            imagenet_file=None if imagenet_file is None else str(imagenet_file))
+        # checkpoints hold every weight: rebuilding from one must not reload (or download) the encoder init
+        self.model = build_unet_model(config, **({} if load_encoder else {"init": "random", "imagenet_file": None}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] (any H, W) → (B, 2, H, W) logits (foreground, distance)."""
-        h, w = images.shape[-2:]
-        ph, pw = (-h) % UNET_DIVISOR, (-w) % UNET_DIVISOR
-        x = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
-        return self.model(x)[..., :h, :w]
+        return unet_logits(self.model, images)
 
     def postprocess_params(self) -> dict:
-        return {k: self.hparams[k] for k in ("foreground_threshold", "seed_threshold", "min_area")}
+        return UNetPostprocess(**{k: self.hparams[k] for k in ("foreground_threshold", "seed_threshold",
+                                                               "min_area")}).to_dict()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

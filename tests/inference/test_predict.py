@@ -136,6 +136,11 @@ def test_as_detector_rejects_unknown_objects(tmp_path):
         as_detector(3)
     with pytest.raises(InputError, match="not a model"):
         as_detector(tmp_path)
+    from semkit.models import build_unet_model, save_model
+
+    unet = save_model(build_unet_model(), tmp_path / "unet")
+    with pytest.raises(InputError, match="U-Net model folder.*predict_unet"):
+        as_detector(unet)
 
 
 def test_peak_memory_of_several_hundred_detections_on_1920x1200():

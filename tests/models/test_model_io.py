@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from semkit.errors import InputError
-from semkit.models import CombineThresholds, build_maskrcnn
+from semkit.models import CombineThresholds, UNetConfig, UNetPostprocess, build_maskrcnn, build_unet_model
 from semkit.models.io import load_model, save_model
 
 SMALL = dict(backbone="convnextv2_atto", detections_per_img=8, rpn_pre_nms_top_n_test=80,
@@ -78,5 +78,26 @@ def test_bad_folders_name_the_file(model, tmp_path):
 
 
 def test_only_particle_models_are_saved(tmp_path):
-    with pytest.raises(TypeError, match="MaskRCNNConfig"):
+    with pytest.raises(TypeError, match="MaskRCNNConfig, UNetConfig"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_unet_round_trip(tmp_path):
+    torch.manual_seed(3)
+    config = UNetConfig(encoder="tu-convnextv2_atto", arch="unetplusplus", init=str(tmp_path / "gone.pt"))
+    model = build_unet_model(config, init="random").eval()  # built without the (missing) checkpoint
+    post = UNetPostprocess(foreground_threshold=0.4, seed_threshold=0.6, min_area=3)
+    folder = save_model(model, tmp_path / "u", post, extra={"seed": 3})
+    assert json.loads((folder / "meta.json").read_text())["model"] == "unet"
+    assert json.loads((folder / "thresholds.json").read_text()) == post.to_dict()
+    loaded, th, extra = load_model(folder)
+    assert th == post and extra == {"seed": 3} and loaded.semkit_config == config and not loaded.training
+    x = torch.rand(1, 1, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    # post-processing of the other kind is refused rather than written into the wrong file
+    with pytest.raises(TypeError, match="needs UNetPostprocess"):
+        save_model(model, tmp_path / "bad", CombineThresholds())
+    (folder / "thresholds.json").write_text(json.dumps({"certain_score": 0.5}))
+    with pytest.raises(InputError, match="thresholds.json: invalid UNetPostprocess"):
+        load_model(folder)

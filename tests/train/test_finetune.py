@@ -106,6 +106,16 @@ def test_unet_and_classical_runs(tmp_path):
     x = torch.rand(1, 1, 50, 70)
     assert torch.equal(module.predict_logits(x)[0], again.predict_logits(x)[0])
     assert module.predict_logits(x)[0].shape == (2, 50, 70)  # padded to 32 internally, cropped back
+    # the saved model folder reproduces the test predictions of the run
+    from semkit.models import instances_from_prediction, predict_unet
+
+    unet, post, extra = load_model(rep["model_dir"])
+    assert post.to_dict() == rep["thresholds"] and extra["seed"] == cfg.seed
+    test = load_splits(cfg)["test"]
+    logits = module.predict_logits([torch.from_numpy(r.image)[None] for r in test])
+    expected = [instances_from_prediction(lg, **rep["thresholds"]) for lg in logits]
+    for got, want in zip(predict_unet(unet, [r.image for r in test], post), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
 
     cfg = FinetuneConfig(**TINY, model="classical", repeats=3, output_dir=str(tmp_path / "c"))
     results = finetune(cfg)
