@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from semkit.data import SyntheticConfig, iter_unlabeled, make_sem_dataset
-from semkit.data.curation import ablation_subsets, split_ssl
+from semkit.data.curation import ablation_subsets, split_ssl, tile_image
 from semkit.data.io import load_image
 from semkit.errors import InputError
 
@@ -223,13 +223,41 @@ class RandomCrops(Dataset):
         return crop if self.transform is None else self.transform(crop)
 
 
+def patch_pool(images: Sequence[PoolImage], patch: int, overlap: float) -> list[PoolImage]:
+    """Replace each pool image by its overlapping patches (:func:`overlapping_patches`), for
+    the MatSSL study's pretraining on patches cut with overlap; :class:`UnlabeledDataModule` applies it to
+    both splits when ``config.patch_overlap`` is set (``patch = crop_size``).
+
+    Split the pool into training and validation images *before* cutting (e.g. cut ``datamodule.train_images``),
+    so patches of one image never land on both sides. Patch names are ``<image name>@<y>,<x>``.
+
+    Raises:
+        InputError: an image smaller than ``patch`` (named).
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"patch overlap must lie in [0, 1), got {overlap}")
+    stride = max(1, round(patch * (1.0 - overlap)))
+    out = []
+    for item in images:
+        image = item.load()
+        if image.ndim != 2 or min(image.shape) < patch:
+            raise InputError(f"image {image.shape} is smaller than the {patch}-pixel patch", item.source)
+        tiles, offsets, _ = tile_image(image, tile=patch, stride=stride)
+        out.extend(PoolImage(f"{item.name}@{y},{x}", item.source, (patch, patch), np.ascontiguousarray(t))
+                   for t, (y, x) in zip(tiles, offsets, strict=True))
+    return out
+
+
+
 class UnlabeledDataModule(L.LightningDataModule):
     """Lightning datamodule of the unlabeled pool described by a :class:`~semkit.ssl.pretrain.PretrainConfig`.
 
     The pool is built and split when the datamodule is created, so a bad folder or an empty pool fails at once
     (before any process is spawned). Reads ``data_folders``, ``synthetic_count``, ``synthetic_size``,
     ``crop_size``, ``crops_per_image``, ``subset_fraction``, ``val_fraction``, ``batch_size``, ``num_workers``,
-    ``seed``, ``crop_databar``, ``in_memory``.
+    ``seed``, ``crop_databar``, ``in_memory``, ``patch_overlap`` (``None``: random crops anywhere in each image;
+    a fraction: the images are replaced by grid patches of ``crop_size`` sharing that fraction of their edge,
+    :func:`patch_pool`, so image counts are patch counts).
 
     Args:
         config: the pretraining configuration.
@@ -250,6 +278,10 @@ class UnlabeledDataModule(L.LightningDataModule):
         self.train_images, self.val_images = split_pool(
             pool, config.val_fraction, config.subset_fraction, config.seed
         )
+        overlap = getattr(config, "patch_overlap", None)
+        if overlap is not None:  # cut after the split: patches of one image never land on both sides
+            self.train_images = patch_pool(self.train_images, config.crop_size, overlap)
+            self.val_images = patch_pool(self.val_images, config.crop_size, overlap) if self.val_images else []
         if not self.train_images:
             raise InputError("the training part of the unlabeled pool is empty")
         self.train_dataset = RandomCrops(self.train_images, config.crop_size, config.crops_per_image, True,

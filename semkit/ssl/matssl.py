@@ -5,8 +5,8 @@ A ResNet-50 (any :func:`semkit.models.create_backbone` pyramid works) returns it
 projection MLP maps the result to the embedding, trained with NT-Xent (τ = 0.07) on two SimCLR-augmented views
 of each patch (in-batch negatives, no queue). Optimiser: SGD (lr 0.1, momentum 0.9, weight decay 1e-6) with a
 cosine decay to 1e-4. The study pretrains on 256 × 256 patches cut with overlap (:func:`overlapping_patches`,
-:func:`patch_pool`; the default :func:`~semkit.ssl.pretrain.pretrain` pool draws random 256 × 256 crops instead,
-i.e. overlapping patches at random rather than grid positions) and starts from ImageNet weights, keeping what was learned on natural images; without network access and
+:func:`~semkit.ssl.data.patch_pool`, used by :func:`~semkit.ssl.pretrain.pretrain` with ``patch_overlap=0.5``;
+without it the pool draws random 256 × 256 crops, i.e. overlapping patches at random rather than grid positions) and starts from ImageNet weights, keeping what was learned on natural images; without network access and
 without cached weights :func:`initial_backbone` falls back to random weights with a logged warning (or raises,
 if asked to).
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from semkit.data.curation import tile_image
 from semkit.errors import InputError
 from semkit.models.backbones import WeightsUnavailableError, create_backbone
-from semkit.ssl.data import PoolImage
+from semkit.ssl.data import PoolImage, patch_pool  # noqa: F401  (re-exported: MatSSL's pool)
 from semkit.ssl.fusion import GatedFeatureFusion
 from semkit.ssl.mocov2 import ContrastiveModule, OptimSettings, config_dict, cosine_final_lr, setting
 from semkit.ssl.transforms import two_view_transform
@@ -145,28 +145,6 @@ def overlapping_patches(images: Iterable[np.ndarray], patch: int = PATCH, overla
     if not out:
         raise InputError("no images to cut into patches")
     return np.concatenate(out, axis=0)
-
-
-def patch_pool(images: Sequence[PoolImage], patch: int = PATCH, overlap: float = OVERLAP) -> list[PoolImage]:
-    """Replace each pool image by its overlapping patches (:func:`overlapping_patches`), for
-    ``UnlabeledDataModule(config, transform, pool=...)`` with ``crop_size == patch``.
-
-    Split the pool into training and validation images *before* cutting (e.g. cut ``datamodule.train_images``),
-    so patches of one image never land on both sides. Patch names are ``<image name>@<y>,<x>``.
-
-    Raises:
-        InputError: an image smaller than ``patch`` (named).
-    """
-    stride = max(1, round(patch * (1.0 - overlap)))
-    out = []
-    for item in images:
-        image = item.load()
-        if image.ndim != 2 or min(image.shape) < patch:
-            raise InputError(f"image {image.shape} is smaller than the {patch}-pixel patch", item.source)
-        tiles, offsets, _ = tile_image(image, tile=patch, stride=stride)
-        out.extend(PoolImage(f"{item.name}@{y},{x}", item.source, (patch, patch), np.ascontiguousarray(t))
-                   for t, (y, x) in zip(tiles, offsets, strict=True))
-    return out
 
 
 def build_module(config) -> ContrastiveModule:

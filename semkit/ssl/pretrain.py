@@ -75,6 +75,9 @@ class PretrainConfig(JsonConfig):
             the validation part is never subsampled, so validation losses stay comparable.
         crop_size: side of the square random crops (pixels, no rescaling; 640 in the SSL-for-SEM study).
         crops_per_image: random crops drawn per image per epoch (large images hold many crops).
+        patch_overlap: ``None`` draws crops anywhere in each image; a fraction in [0, 1) cuts every image into
+            grid patches of ``crop_size`` whose neighbours share that fraction of their edge, after the train/val
+            split (the MatSSL study: 256-pixel patches with overlap; :func:`semkit.ssl.data.patch_pool`).
         patch_size: FCMAE mask grid (pixels); must equal the encoder's total stride (32 for ConvNeXt).
         mask_ratio: FCMAE fraction of masked patches, in [0, 1).
         backend: FCMAE encoder backend, one of :data:`BACKENDS`.
@@ -113,6 +116,7 @@ class PretrainConfig(JsonConfig):
     subset_fraction: float = 1.0
     crop_size: int = 640
     crops_per_image: int = 1
+    patch_overlap: float | None = None
     patch_size: int = 32
     mask_ratio: float = 0.5
     backend: str = "dense"
@@ -172,6 +176,8 @@ class PretrainConfig(JsonConfig):
             raise InputError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if not 0 <= self.mask_ratio < 1:
             raise InputError(f"mask_ratio must be in [0, 1) (some patches must stay visible), got {self.mask_ratio}")
+        if self.patch_overlap is not None and not 0 <= self.patch_overlap < 1:
+            raise InputError(f"patch_overlap must be None or in [0, 1), got {self.patch_overlap}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr is not None and not self.lr > 0:

@@ -129,6 +129,23 @@ def test_folder_pool_names_are_relative_and_small_images_are_errors(tmp_path):
         build_pool(PretrainConfig(crop_size=64, data_folders=[tmp_path / "small"], crop_databar=False))
 
 
+def test_patch_overlap_cuts_each_split_into_grid_patches_after_splitting():
+    pool = [PoolImage(f"im{i}", f"im{i}", (24, 16), np.arange(24 * 16, dtype=np.float32).reshape(24, 16) + 1000 * i)
+            for i in range(5)]
+    plain = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2), pool=pool)
+    dm = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2, patch_overlap=0.5), pool=pool)
+    # stride 4: rows at 0, 4, ..., 16 (5) x columns at 0, 4, 8 (3) = 15 patches per 24 x 16 image
+    assert (dm.n_train_images, dm.n_val_images) == (4 * 15, 15)
+    source_of = {p.name.split("@")[0] for p in dm.val_images}
+    assert source_of == {p.name for p in plain.val_images}  # the held-out image's patches, and only those
+    assert not source_of & {p.name.split("@")[0] for p in dm.train_images}
+    patch = next(p for p in dm.train_images if p.name.endswith("@4,8"))
+    image = next(p for p in pool if p.name == patch.name.split("@")[0]).image
+    np.testing.assert_array_equal(patch.image, image[4:12, 8:16])
+    with pytest.raises(InputError, match="patch_overlap"):
+        PretrainConfig(patch_overlap=1.0)
+
+
 def test_empty_pool_and_pool_smaller_than_a_batch_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="unlabeled pool is empty"):
