@@ -24,6 +24,7 @@ pixels inside it (an axis-aligned rectangle from (x0, y0) to (x1, y1) covers col
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,9 +444,10 @@ def _write_image(rec: SEMRecord, name: str, root: Path) -> str:
 
 
 def _relative_source(rec: SEMRecord, root: Path) -> str:
-    src = Path(rec.source).resolve() if rec.source else None
-    if src is None or not src.is_file() or not src.is_relative_to(root.resolve()):
-        raise InputError(
-            f"source is not a file under image_root {root} (use write_images=True)", rec.source or None
-        )
-    return src.relative_to(root.resolve()).as_posix()
+    src = Path(rec.source) if rec.source else None
+    if src is not None and src.is_file():
+        # a symlinked image (a folder of links to a shared dataset) is under root as linked, not as resolved
+        for s, r in ((Path(os.path.abspath(src)), Path(os.path.abspath(root))), (src.resolve(), root.resolve())):
+            if s.is_relative_to(r):
+                return s.relative_to(r).as_posix()
+    raise InputError(f"source is not a file under image_root {root} (use write_images=True)", rec.source or None)

@@ -89,6 +89,13 @@ def test_round_trip_without_flags_and_existing_images(tmp_path):
     assert back.certain is None and "attributes" not in json.loads(path.read_text())["annotations"][0]
     with pytest.raises(InputError, match="image_root"):
         save_coco([rec], tmp_path / "c2.json", image_root=tmp_path / "elsewhere", write_images=False)
+    # a folder of links to images stored elsewhere (a shared dataset): file names are the links' names
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "y.png").symlink_to(tmp_path / "x.png")
+    linked = SEMRecord(image=rec.image, instances=labels, source=str(tmp_path / "links" / "y.png"))
+    path = save_coco([linked], tmp_path / "links" / "coco.json", image_root=tmp_path / "links", write_images=False)
+    assert json.loads(path.read_text())["images"][0]["file_name"] == "y.png"
+    _assert_same(linked, load_coco(path)[0])
 
 
 def _write_coco(tmp_path: Path, annotations: list[dict], h: int = 8, w: int = 8, **image_extra) -> Path:
