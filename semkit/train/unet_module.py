@@ -87,7 +87,8 @@ class UNetModule(L.LightningModule):
         x = torch.stack(list(images))
         y = torch.stack([t["unet"] for t in targets]).to(x.device)
         loss = unet_loss(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images),
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
