@@ -120,6 +120,8 @@ def combine_masks(
     scores = _numpy(scores).astype(np.float64).reshape(-1)
     n = scores.shape[0]
     masks_t = torch.as_tensor(masks) if not isinstance(masks, torch.Tensor) else masks.detach().cpu()
+    if masks_t.dtype in (torch.float16, torch.bfloat16):  # mixed precision: paste and threshold in float32
+        masks_t = masks_t.float()
     if masks_t.dim() == 4:
         if masks_t.shape[1] != 1:
             raise InputError(f"masks must be (N, 1, M, M) or (N, M, M), got shape {tuple(masks_t.shape)}")
@@ -247,5 +249,8 @@ def _iou(a: _Mask, b: _Mask) -> float:
 
 def _numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):  # mixed-precision outputs; numpy has no bfloat16
+            x = x.float()
+        return x.numpy()
     return np.asarray(x)

@@ -167,3 +167,15 @@ def test_500_detections_on_1200x1920_stay_small_in_memory():
     ids = np.unique(labels)
     assert ids[0] == 0 and ids[1:].tolist() == table["id"].tolist()
     np.testing.assert_array_equal(np.bincount(labels.ravel())[1:], table["area_px"].to_numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_outputs_combine_like_float32(dtype):
+    # bf16-mixed training validates on half-precision detector outputs, which numpy cannot hold
+    masks = torch.from_numpy(np.stack([rect(0, 0, 10, 10, 0.75), rect(20, 0, 30, 10), rect(0, 20, 10, 30)]))
+    scores, probs = torch.tensor([0.9, 0.55, 0.8]), torch.tensor([CERTAIN, UNCERTAIN, CERTAIN])
+    ref = combine_masks(None, scores, masks, (H, W), bin_probs=probs)
+    got = combine_masks(None, scores.to(dtype), masks.to(dtype), (H, W), bin_probs=probs.to(dtype))
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert got[1]["detection"].tolist() == ref[1]["detection"].tolist() == [0, 2, 1]  # certain ones first
+    assert got[1]["certain"].tolist() == [True, True, False]
