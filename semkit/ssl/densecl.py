@@ -179,6 +179,11 @@ class DenseCL(nn.Module):
         return {"loss": loss, "loss_global": loss_global, "loss_dense": loss_dense}
 
 
+#: Which weights :func:`semkit.ssl.pretrain.pretrain` exports: the final ones. The InfoNCE loss is measured
+#: against a queue of negatives that starts random and fills with ever more similar keys, so it rises while the
+#: encoder improves and the lowest validation loss just marks the earliest epoch.
+EXPORT_CHECKPOINT = "last"
+
 def build_module(config) -> ContrastiveModule:
     """DenseCL LightningModule for a pretraining configuration.
 

@@ -292,6 +292,11 @@ def cosine_final_lr(config, peak_lr: float, default: float = 0.0) -> float:
     return fraction * peak_lr if fraction > 0 else default
 
 
+#: Which weights :func:`semkit.ssl.pretrain.pretrain` exports: the final ones. The InfoNCE loss is measured
+#: against a queue of negatives that starts random and fills with ever more similar keys, so it rises while the
+#: encoder improves and the lowest validation loss just marks the earliest epoch.
+EXPORT_CHECKPOINT = "last"
+
 def build_module(config) -> ContrastiveModule:
     """MoCo v2 LightningModule for a pretraining configuration.
 

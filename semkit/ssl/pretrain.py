@@ -13,8 +13,11 @@ Every method (FCMAE, DenseCL, MoCo v2, MatSSL) is a module listed in :data:`METH
 :func:`pretrain` builds the unlabeled pool (image folders or synthetic images), splits it 80/20 into
 ``ssl_train`` / ``ssl_eval`` with :func:`semkit.data.curation.split_ssl`, draws the pretraining-size subset with
 :func:`semkit.data.curation.ablation_subsets`, trains through :func:`semkit.train.trainer.make_trainer` (so one
-code path serves CPU, one GPU, several GPUs and several SLURM nodes), keeps the checkpoint with the lowest
-validation loss and exports that encoder as ``encoder.pt`` + ``encoder.json``.
+code path serves CPU, one GPU, several GPUs and several SLURM nodes) and exports an encoder as ``encoder.pt`` +
+``encoder.json``: the checkpoint with the lowest validation loss, or the final weights for methods whose module
+sets ``EXPORT_CHECKPOINT = "last"`` (queue-based contrastive methods: their loss is measured against a queue of
+negatives that fills up during training, so losses of different epochs are not comparable and the lowest one is
+simply the earliest).
 
 Files written into ``config.output_dir``::
 
@@ -23,7 +26,7 @@ Files written into ``config.output_dir``::
     logs/metrics.csv            per-step / per-epoch losses (see semkit.train.trainer.read_history)
     checkpoints/best.ckpt       lowest val/loss (train/loss when there is no validation split)
     checkpoints/last.ckpt
-    encoder.pt                  plain timm encoder state dict of the best checkpoint
+    encoder.pt                  plain timm encoder state dict of the best (or last, see above) checkpoint
     encoder.json                {"method", "backbone", "in_chans", "config", "best_val_loss", ...}
 """
 
@@ -331,12 +334,15 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         "fit_seconds": fit_seconds,
         "images_per_second": trainer.global_step * config.batch_size * (world or 1) / max(fit_seconds, 1e-9),
         "checkpoint_path": best_path or None,
+        "exported_checkpoint": getattr(module_of_method, "EXPORT_CHECKPOINT", "best"),
         "encoder_path": None,
         "output_dir": str(out),
     }
     if not trainer.is_global_zero:
         return results
-    if best_path:
+    if results["exported_checkpoint"] == "last":
+        results["checkpoint_path"] = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+    elif best_path:
         # The best checkpoint, not the last weights, is what the ablation fine-tunes.
         state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)

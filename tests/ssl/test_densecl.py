@@ -170,13 +170,16 @@ def test_train_step_then_export_loads_strict_with_identical_features(backbone):
         torch.testing.assert_close(target(x)[-1], module.network.backbone(x)[-1], rtol=0, atol=0)
 
 
-def test_pretrain_runs_densecl_and_exports_the_best_encoder(tmp_path):
+def test_pretrain_runs_densecl_and_exports_the_final_encoder(tmp_path):
     cfg = PretrainConfig(method="densecl", backbone="convnextv2_atto", synthetic_count=6, crop_size=64,
                          batch_size=4, epochs=2, accelerator="cpu", output_dir=str(tmp_path), val_fraction=0.2)
     result = pretrain(cfg)
     assert len(result["train_loss"]) == 2 and all(math.isfinite(v) for v in result["train_loss"])
     assert all(math.isfinite(v) for v in result["val_loss"])
     backbone = create_backbone("convnextv2_atto", init=result["encoder_path"])  # strict load
-    state = torch.load(result["checkpoint_path"], map_location="cpu", weights_only=False)["state_dict"]
+    # queue-based: the final weights are exported, not the lowest-loss epoch (the queue makes losses incomparable)
+    assert result["exported_checkpoint"] == "last" and result["checkpoint_path"].endswith("last.ckpt")
+    ckpt = torch.load(result["checkpoint_path"], map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1  # the second (final) epoch
     key = "network.encoders.online.backbone.model.stem.0.weight"
-    torch.testing.assert_close(backbone.model.stem[0].weight, state[key])
+    torch.testing.assert_close(backbone.model.stem[0].weight, ckpt["state_dict"][key])
