@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ def execute_notebook(
     parameters: dict[str, Any] | None = None,
     timeout_s: int = 1800,
     log_output: bool = False,
+    log_file: str | Path | None = None,
 ) -> Path:
     """Execute ``notebook`` with papermill into ``run_dir``.
 
@@ -34,6 +37,8 @@ def execute_notebook(
         parameters: values injected after the ``parameters``-tagged cell.
         timeout_s: per-cell execution timeout.
         log_output: stream the notebook's output to the log (papermill ``--log-output``).
+        log_file: also write the notebook's stdout and stderr to this file as the cells run (papermill's
+            ``stdout_file``/``stderr_file``), so a long or killed run can be followed and diagnosed.
 
     Returns:
         Path of the executed notebook.
@@ -56,18 +61,63 @@ def execute_notebook(
     (run_dir / "parameters.json").write_text(json.dumps(params, indent=2, default=str))
     out = run_dir / nb.name
     start = time.perf_counter()
-    pm.execute_notebook(
-        str(nb),
-        str(out),
-        parameters=params,
-        cwd=str(nb.resolve().parent),
-        kernel_name="python3",
-        execution_timeout=timeout_s,
-        log_output=log_output,
-        progress_bar=False,
-    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_false_parameter_warnings(nb))
+        log = stack.enter_context(open(log_file, "a", encoding="utf-8")) if log_file is not None else None
+        pm.execute_notebook(
+            str(nb),
+            str(out),
+            parameters=params,
+            cwd=str(nb.resolve().parent),
+            kernel_name="python3",
+            execution_timeout=timeout_s,
+            log_output=log_output,
+            stdout_file=log,
+            stderr_file=log,
+            progress_bar=False,
+        )
     (run_dir / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
     return out
+
+
+class _DeclaredParameterFilter(logging.Filter):
+    """Drop papermill's false alarms about parameters the notebook does declare.
+
+    papermill's inspector cannot parse annotated lines such as ``x: str | None = None`` (or comments with
+    parentheses): it warns "Unable to parse line" and then "Passed unknown parameter" for valid parameters.
+    Warnings about names that really are unknown still show.
+    """
+
+    def __init__(self, declared: set[str]):
+        super().__init__()
+        self.declared = declared
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Unable to parse line"):
+            return False
+        return not (message.startswith("Passed unknown parameter: ")
+                    and message.removeprefix("Passed unknown parameter: ") in self.declared)
+
+
+@contextlib.contextmanager
+def _quiet_false_parameter_warnings(notebook: Path):
+    from semkit.batch.spec import notebook_parameters
+
+    try:
+        declared = set(notebook_parameters(notebook))
+    except ValueError:  # no parameters cell: papermill injects at the top and warns as it should
+        yield
+        return
+    filt = _DeclaredParameterFilter(declared)
+    loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
 
 
 def _jsonable(value: Any) -> Any:

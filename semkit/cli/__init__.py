@@ -18,9 +18,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from semkit.cli import bench, curate, data, demo, evaluate, predict, ssl, stem, train
+    from semkit.cli import batch, bench, curate, data, demo, evaluate, predict, ssl, stem, train
 
-    for module in (data, curate, ssl, train, evaluate, predict, stem, bench, demo):
+    for module in (data, curate, ssl, train, evaluate, predict, stem, batch, bench, demo):
         for command in module.commands:
             main.add_command(command)
 

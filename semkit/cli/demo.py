@@ -1,42 +1,42 @@
-"""``semkit demo``: run the notebook pipeline on the embedded synthetic data."""
+"""``semkit demo``: the demo batch (``papermill_runs/specs/demo.yaml``) on synthetic data, then its report."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
 
 @click.command()
-@click.option("--out", "out_dir", default="papermill_runs/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the executed notebooks and their results.")
-@click.option("--figures", "figures_dir", default="figures/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the figures the notebooks save.")
-@click.option("--only", multiple=True, help="Run only these notebooks (name prefix, e.g. 01). Repeatable.")
-def demo(out_dir: str, figures_dir: str, only: tuple[str, ...]) -> None:
-    """Run every numbered notebook in quick mode on synthetic data, in order."""
-    from semkit.batch import NOTEBOOK_DIR, execute_notebook
+@click.option("--out", "out_dir", default="papermill_runs", show_default=True, type=click.Path(file_okay=False),
+              help="Parent of the batch folder: runs go to OUT/demo/<run id>/.")
+@click.option("--figures", "figures_dir", default="figures", show_default=True, type=click.Path(file_okay=False),
+              help="Parent of the figures: FIGURES/demo/<run id>/ per run, FIGURES/demo/report.html.")
+@click.option("--only", multiple=True, help="Run only these stages of demo.yaml (stage name, or notebook prefix "
+              "such as 03); repeatable. Upstream runs must be done already.")
+@click.option("--workers", "-j", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Runs executed at once.")
+@click.option("--force", is_flag=True, help="Execute runs that are already done again.")
+def demo(out_dir: str, figures_dir: str, only: tuple[str, ...], workers: int, force: bool) -> None:
+    """Run the demo batch in quick mode on synthetic data, then collect it and render its report.
 
-    notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
-    if not notebooks:
-        raise click.ClickException(f"no notebooks selected in {NOTEBOOK_DIR}")
-    failures = []
-    for nb in notebooks:
-        run_dir = Path(out_dir) / nb.stem
-        click.echo(f"[demo] {nb.stem} -> {run_dir}")
-        start = time.perf_counter()
-        try:
-            execute_notebook(nb, run_dir, {"quick": True, "figures_dir": str(Path(figures_dir).resolve() / nb.stem)})
-        except Exception as exc:  # keep going: one broken notebook should not hide the others' results
-            failures.append((nb.stem, exc))
-            click.echo(f"[demo] {nb.stem} FAILED: {type(exc).__name__}: {exc}", err=True)
-            continue
-        click.echo(f"[demo] {nb.stem} done in {time.perf_counter() - start:.0f} s")
-    if failures:
-        raise click.ClickException(f"{len(failures)} notebook(s) failed: {', '.join(n for n, _ in failures)}")
+    Finished runs are skipped, so running it again after an interruption only executes what is missing.
+    """
+    from semkit.batch import SPEC_DIR, load_spec, render_report, run_batch
+    from semkit.cli.batch import select_stages
+
+    start = time.perf_counter()
+    try:
+        spec = load_spec(SPEC_DIR / "demo.yaml")
+        summary = run_batch(spec, out_dir, figures_dir, workers=workers, force=force,
+                            only=select_stages(spec, only))
+        click.echo(str(summary))
+        report = render_report(spec.name, out_dir, figures_dir)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"report -> {report}  ({time.perf_counter() - start:.0f} s)")
+    if not summary.ok:
+        raise click.ClickException(f"{len(summary.failed)} run(s) failed, {len(summary.blocked)} blocked")
 
 
 commands = [demo]
