@@ -430,3 +430,32 @@ def finetune_semantic_splits(encoder_state: Mapping[str, torch.Tensor] | str | o
         summary.pop("config")
         rows.append(summary)
     return pd.DataFrame(rows).set_index("split")
+
+
+def compare_encoders_semantic(encoders: Mapping[str, str | os.PathLike | None],
+                              root: str | os.PathLike = DEFAULT_ROOT, splits: Sequence[str] = EBC_SPLITS,
+                              output_dir: str | os.PathLike = "runs/semantic_finetune", **kwargs) -> pd.DataFrame:
+    """Fine-tune the same U-Net++ from several encoders on the same splits, side by side.
+
+    Args:
+        encoders: display name → encoder checkpoint (``None`` = random initialisation), e.g.
+            ``{"matssl": "run/encoder.pt", "random": None}``.
+        root, splits: the semantic benchmark (see :func:`finetune_semantic_splits`).
+        output_dir: runs go to ``<output_dir>/<name>/<split>``.
+        **kwargs: :class:`SemanticFinetuneConfig` fields shared by every run (``epochs``, ``crop``, ``seed``...).
+
+    Returns:
+        One row per (encoder, split): ``encoder`` (the display name), ``split``, ``encoder_path`` and the
+        score columns of :func:`finetune_semantic_splits`.
+
+    Raises:
+        InputError: an empty ``encoders`` mapping, or bad data (see :func:`finetune_semantic`).
+    """
+    if not encoders:
+        raise InputError("no encoders to compare")
+    tables = []
+    for name, state in encoders.items():
+        table = finetune_semantic_splits(state, root, splits, output_dir=Path(output_dir) / name, **kwargs)
+        tables.append(table.reset_index().rename(columns={"encoder": "encoder_path"}).assign(encoder=name))
+    out = pd.concat(tables, ignore_index=True)
+    return out[["encoder", "split", *[c for c in out.columns if c not in ("encoder", "split")]]]

@@ -440,40 +440,6 @@ def plot_loss_curves(output_dir: str | Path, path: str | Path | None = None):
     return fig
 
 
-def ablation_runs(
-    base_parameters: dict[str, Any],
-    output_root: str | Path,
-    fractions=None,
-    seeds=(0, 1, 2),
-) -> list[dict[str, Any]]:
-    """The pretraining-set-size ablation as a papermill batch of notebook 02.
-
-    One run per (fraction, seed): ``subset_fraction`` in 2^s/100 (s = 0..6) by default, each repeated over
-    ``seeds``. Execute each with ``semkit.batch.execute_notebook("02_pretraining", run["run_dir"],
-    run["parameters"])``; every run folder then holds ``encoder.pt`` for fine-tuning and ``metrics.json``.
-
-    Args:
-        base_parameters: notebook parameters shared by all runs (method, backbone, data_folders, ...).
-        output_root: parent folder of the run folders ``fraction-0.04_seed-1``.
-        fractions: subset fractions; default :data:`semkit.data.curation.ABLATION_FRACTIONS`.
-        seeds: seeds per fraction.
-
-    Returns:
-        list of ``{"run_dir", "parameters"}`` dicts.
-    """
-    from semkit.data.curation import ABLATION_FRACTIONS
-
-    fractions = ABLATION_FRACTIONS if fractions is None else fractions
-    runs = []
-    for fraction in fractions:
-        for seed in seeds:
-            run_dir = Path(output_root) / f"fraction-{fraction:g}_seed-{seed}"
-            params = {**base_parameters, "subset_fraction": float(fraction), "seed": int(seed),
-                      "output_dir": str(run_dir)}
-            runs.append({"run_dir": str(run_dir), "parameters": params})
-    return runs
-
-
 def _column(history, name: str) -> list[float]:
     if history is None or history.empty or name not in history:
         return []
