@@ -93,7 +93,8 @@ def create_backbone(
     Returns:
         A timm ``FeatureGetterNet``: ``forward(x (B, in_chans, H, W))`` returns a list of feature maps
         ``(B, C_i, H / r_i, W / r_i)`` with ``C_i = feature_info.channels()[i]`` and
-        ``r_i = feature_info.reduction()[i]`` (H and W need not be multiples of r_i; sizes round up).
+        ``r_i = feature_info.reduction()[i]`` (H and W need not be multiples of r_i; ConvNeXt's strided
+        convolutions round down, e.g. 70 → 17 → 8 → 4 → 2).
         ``.model`` is the plain timm model (classifier removed).
 
     Raises:
