@@ -75,6 +75,7 @@ def execute_notebook(
             stdout_file=log,
             stderr_file=log,
             progress_bar=False,
+            config=_kernel_config(),
         )
     (run_dir / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
     return out
@@ -118,6 +119,15 @@ def _quiet_false_parameter_warnings(notebook: Path):
     finally:
         for lg in loggers:
             lg.removeFilter(filt)
+
+
+def _kernel_config():
+    """Kernel-manager settings: encrypt the local kernel connection (CurveZMQ) when pyzmq can, which also keeps
+    ipykernel >= 7.3 from printing its "running over TCP without encryption" warning at every run."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
 
 
 def _jsonable(value: Any) -> Any:
