@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -182,9 +183,11 @@ def plot_cams(records: Sequence, cams: Mapping[str, Mapping], panel: float = 2.6
             res = cams[rec.name][label]
             ax_pred, ax_cam = row[1 + 2 * m], row[2 + 2 * m]
             ax_pred.imshow(contour_image(rec.image, res.labels, res.certain_ids))
-            ax_pred.set_title(f"{label}\n{int(res.labels.max(initial=0))} predicted", fontsize="small")
+            # long checkpoint labels wrap inside their panel instead of running into the neighbour's title
+            name = textwrap.fill(label, width=max(12, int(panel * 9)))
+            ax_pred.set_title(f"{name}\n{int(res.labels.max(initial=0))} predicted", fontsize="small")
             ax_cam.imshow(cam_image(rec.image, res.cam))
-            ax_cam.set_title(f"{label}\n{res.method}", fontsize="small")
+            ax_cam.set_title(f"{name}\n{res.method}", fontsize="small")
         for ax in row:
             ax.set_axis_off()
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes[:, -1], shrink=0.8,
