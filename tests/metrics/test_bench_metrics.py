@@ -30,8 +30,9 @@ def test_full_size_image_takes_well_under_0_1_s():
     aji_plus(gt, pred)
     times = []
     for _ in range(5):
-        t0 = time.perf_counter()
+        # CPU time of this process, not wall time: other jobs sharing the cores must not fail the test
+        t0 = time.process_time()
         aji_plus(gt, pred)
-        times.append(time.perf_counter() - t0)
-    # The best of five is ~25 ms on the 2-core CI machine; other processes can slow single runs down.
+        times.append(time.process_time() - t0)
+    # The best of five is ~25 ms on the 2-core CI machine.
     assert min(times) < 0.1
