@@ -382,6 +382,14 @@ def _to_rle(ann: dict, h: int, w: int, json_path: Path) -> dict:
 
 def _decode_rle(rle: dict, ann: dict, json_path: Path) -> np.ndarray:
     h, w = (int(v) for v in rle["size"])
+    if isinstance(rle["counts"], bytes | str):
+        # pycocotools decodes a truncated or garbled RLE string without complaint (into uninitialised memory, so
+        # the outcome varies from run to run): check the runs first, deterministically.
+        runs = rle_runs(rle["counts"])
+        if runs is None or min(runs, default=0) < 0 or sum(runs) != h * w:
+            raise InputError(
+                f"annotation {ann.get('id')}: malformed RLE (its runs do not cover the {h} x {w} image)", json_path
+            )
     try:
         with warnings.catch_warnings():
             # pycocotools' compiled decoder trips a NumPy 2 deprecation notice on every call; it is harmless.
@@ -395,13 +403,38 @@ def _decode_rle(rle: dict, ann: dict, json_path: Path) -> np.ndarray:
         raise InputError(
             f"annotation {ann.get('id')}: decoded mask {mask.shape} is not ({h}, {w})", json_path
         )
-    # pycocotools decodes a truncated or garbled RLE string without complaint (into uninitialised memory), but
-    # then the decoded pixel count disagrees with the area computed from the runs.
-    if int(mask.sum()) != _area(rle, ann, json_path):
-        raise InputError(
-            f"annotation {ann.get('id')}: malformed RLE (its runs do not cover the image)", json_path
-        )
     return mask.astype(bool)
+
+
+def rle_runs(counts: bytes | str) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), or ``None`` if malformed.
+
+    Each run is a little-endian sequence of 5-bit groups stored as characters ``chr(48 + c)`` (bit 0x20: more
+    groups follow; bit 0x10 of the last group: negative); runs after the second are stored as differences to the
+    run two places before.
+    """
+    s = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    runs: list[int] = []
+    p = 0
+    while p < len(s):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(s):
+                return None  # the last run is cut off
+            c = s[p] - 48
+            if not 0 <= c < 64:
+                return None  # not an RLE character
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 def _area(rle: dict, ann: dict, json_path: Path) -> int:

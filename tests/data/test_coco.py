@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -206,7 +208,7 @@ def test_crowd_annotations_counted_not_decoded(tmp_path):
     [
         ([{"id": 1, "segmentation": [[0, 0, 2, 0, 2]]}], "polygons"),
         ([{"id": 1, "segmentation": {"size": [5, 5], "counts": [64]}}], "RLE size"),
-        ([{"id": 1, "segmentation": {"size": [8, 8], "counts": "!!"}}], "cannot decode"),
+        ([{"id": 1, "segmentation": {"size": [8, 8], "counts": "!!"}}], "malformed RLE"),
         ([{"id": 1, "segmentation": {"size": [8, 8], "counts": ""}}], "malformed RLE"),
         ([{"id": 1, "segmentation": {"size": [8, 8], "counts": "zzzz"}}], "malformed RLE"),
         ([{"id": 1, "segmentation": 3}], "polygons or RLE"),
@@ -254,3 +256,26 @@ def test_bad_files_name_the_file(tmp_path):
     )
     with pytest.raises(InputError, match="gap.tif.*label 2"):
         save_coco([gap], tmp_path / "e.json", image_root=tmp_path / "imgs")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_rle_runs_parse_pycocotools_strings(h, w, seed):
+    from semkit.data.coco import rle_runs
+
+    mask = np.random.default_rng(seed).random((h, w)) < 0.4
+    counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+    runs = rle_runs(counts)
+    # COCO runs alternate background/foreground over the column-major pixel order, starting with background
+    flat = mask.flatten(order="F")
+    expected, value, n = [], False, 0
+    for v in flat:
+        if v == value:
+            n += 1
+        else:
+            expected.append(n)
+            value, n = v, 1
+    expected.append(n)
+    assert runs == expected and sum(runs) == h * w
+    assert rle_runs(counts.decode()) == runs
+    assert rle_runs(counts + b"zz") is None and rle_runs(b"") == []
