@@ -223,6 +223,17 @@ class RandomCrops(Dataset):
         return crop if self.transform is None else self.transform(crop)
 
 
+def patch_stride(patch: int, overlap: float) -> int:
+    """Stride between neighbouring patches that share ``overlap`` (a fraction in ``[0, 1)``) of their edge.
+
+    Raises:
+        InputError: ``overlap`` outside ``[0, 1)``.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"patch overlap must lie in [0, 1), got {overlap}")
+    return max(1, round(patch * (1.0 - overlap)))
+
+
 def patch_pool(images: Sequence[PoolImage], patch: int, overlap: float) -> list[PoolImage]:
     """Replace each pool image by its overlapping patches (:func:`overlapping_patches`), for
     the MatSSL study's pretraining on patches cut with overlap; :class:`UnlabeledDataModule` applies it to
@@ -234,9 +245,7 @@ def patch_pool(images: Sequence[PoolImage], patch: int, overlap: float) -> list[
     Raises:
         InputError: an image smaller than ``patch`` (named).
     """
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"patch overlap must lie in [0, 1), got {overlap}")
-    stride = max(1, round(patch * (1.0 - overlap)))
+    stride = patch_stride(patch, overlap)
     out = []
     for item in images:
         image = item.load()

@@ -31,7 +31,7 @@ from torch import nn
 from semkit.data.curation import tile_image
 from semkit.errors import InputError
 from semkit.models.backbones import WeightsUnavailableError, create_backbone
-from semkit.ssl.data import PoolImage, patch_pool  # noqa: F401  (re-exported: MatSSL's pool)
+from semkit.ssl.data import PoolImage, patch_pool, patch_stride  # noqa: F401  (patch_pool re-exported: MatSSL's pool)
 from semkit.ssl.fusion import GatedFeatureFusion
 from semkit.ssl.mocov2 import ContrastiveModule, OptimSettings, config_dict, cosine_final_lr, setting
 from semkit.ssl.transforms import two_view_transform
@@ -126,11 +126,9 @@ def overlapping_patches(images: Iterable[np.ndarray], patch: int = PATCH, overla
 
     Raises:
         InputError: an image smaller than ``patch`` (naming it), or no images at all.
-        ValueError: ``overlap`` outside ``[0, 1)``.
+        InputError (a ValueError): ``overlap`` outside ``[0, 1)``.
     """
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
-    stride = max(1, round(patch * (1.0 - overlap)))
+    stride = patch_stride(patch, overlap)
     names = list(names) if names is not None else None
     out = []
     for i, image in enumerate(images):
