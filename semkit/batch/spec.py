@@ -16,6 +16,9 @@ runs agree, the run is repeated once per upstream run (fine-tune every pretraine
 sets the keys explicitly and ``where: {stage: {param: value or [values]}}`` keeps only some upstream runs.
 Runs that refer to several stages use mutually consistent upstream runs (the same ancestors).
 
+Top-level keys starting with ``x-`` are ignored (as in Compose files): they hold values shared through YAML
+anchors, e.g. ``x-pool: &pool [...]`` then ``data_folders: *pool``.
+
 A run's id is ``<notebook stem>-<hash>`` of the notebook's code cells and the run's parameters (references
 replaced by the upstream run ids, so moving the project does not change ids): the same notebook and
 parameters give the same id, and a finished run is found again after a crash.
@@ -195,6 +198,7 @@ def load_spec(spec: str | Path | Mapping, notebook_dir: str | Path = NOTEBOOK_DI
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         fail(f"'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}  # anchor holders, see the module doc
     if "stages" in raw:
         _check_keys(raw, BATCH_KEYS, "the spec", fail)
         entries = raw["stages"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from semkit.errors import InputError
-from semkit.ssl.pretrain import BACKENDS, METHODS, PretrainConfig
+from semkit.ssl.pretrain import BACKENDS, METHODS, SUBSET_BUDGETS, PretrainConfig
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "ssl" / "install_minkowski.sh"
 
@@ -28,6 +28,7 @@ _HELP = {
     "backbone": "Encoder (convnextv2_atto ... convnextv2_huge, resnet50).",
     "data_folders": "Folder (or image file) of unlabeled images; repeat for several. None = synthetic pool.",
     "subset_fraction": "Share of the ssl_train pool used (pretraining-size ablation: 0.01 ... 0.64, 1).",
+    "subset_budget": "Subsets train for the whole pool's updates per epoch (steps) or one pass per epoch (epochs).",
     "crop_size": "Random crop side in pixels (no rescaling).",
     "mask_ratio": "FCMAE masked fraction of 32x32 patches.",
     "backend": f"FCMAE encoder backend: {', '.join(BACKENDS)}.",
@@ -83,6 +84,8 @@ def _options(func):
             opt = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
         elif f.name == "method":
             opt = click.option(flag, f.name, type=click.Choice(list(METHODS)), default=None, help=help_text)
+        elif f.name == "subset_budget":
+            opt = click.option(flag, f.name, type=click.Choice(list(SUBSET_BUDGETS)), default=None, help=help_text)
         elif f.name == "backend":
             opt = click.option(flag, f.name, type=click.Choice(list(BACKENDS)), default=None, help=help_text)
         else:

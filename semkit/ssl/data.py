@@ -263,7 +263,8 @@ class UnlabeledDataModule(L.LightningDataModule):
 
     The pool is built and split when the datamodule is created, so a bad folder or an empty pool fails at once
     (before any process is spawned). Reads ``data_folders``, ``synthetic_count``, ``synthetic_size``,
-    ``crop_size``, ``crops_per_image``, ``subset_fraction``, ``val_fraction``, ``batch_size``, ``num_workers``,
+    ``crop_size``, ``crops_per_image``, ``subset_fraction``, ``subset_budget``, ``val_fraction``, ``batch_size``,
+    ``num_workers``,
     ``seed``, ``crop_databar``, ``in_memory``, ``patch_overlap`` (``None``: random crops anywhere in each image;
     a fraction: the images are replaced by grid patches of ``crop_size`` sharing that fraction of their edge,
     :func:`patch_pool`, so image counts are patch counts).
@@ -284,17 +285,22 @@ class UnlabeledDataModule(L.LightningDataModule):
         self.config = config
         self.transform = transform
         pool = build_pool(config) if pool is None else list(pool)
-        self.train_images, self.val_images = split_pool(
-            pool, config.val_fraction, config.subset_fraction, config.seed
-        )
+        full_train, self.val_images = split_pool(pool, config.val_fraction, 1.0, config.seed)
+        self.train_images, _ = split_pool(pool, config.val_fraction, config.subset_fraction, config.seed)
         overlap = getattr(config, "patch_overlap", None)
         if overlap is not None:  # cut after the split: patches of one image never land on both sides
+            full_train = patch_pool(full_train, config.crop_size, overlap)
             self.train_images = patch_pool(self.train_images, config.crop_size, overlap)
             self.val_images = patch_pool(self.val_images, config.crop_size, overlap) if self.val_images else []
         if not self.train_images:
             raise InputError("the training part of the unlabeled pool is empty")
-        self.train_dataset = RandomCrops(self.train_images, config.crop_size, config.crops_per_image, True,
-                                         transform, config.seed)
+        # subset_budget "steps": a subset's epoch draws as many crops as an epoch of the whole ssl_train part,
+        # so every fraction of the ablation gets the same number of updates (data size, not compute, varies)
+        self.train_repeat = 1
+        if getattr(config, "subset_budget", "epochs") == "steps":
+            self.train_repeat = max(1, round(len(full_train) / len(self.train_images)))
+        self.train_dataset = RandomCrops(self.train_images, config.crop_size,
+                                         config.crops_per_image * self.train_repeat, True, transform, config.seed)
         self.val_dataset = RandomCrops(self.val_images, config.crop_size, config.crops_per_image, False,
                                        transform, config.seed)
 

@@ -55,6 +55,8 @@ METHODS: dict[str, str] = {
 }
 #: FCMAE encoder backends: masked dense emulation (runs anywhere) or MinkowskiEngine sparse tensors.
 BACKENDS = ("dense", "minkowski")
+#: How pretraining subsets are trained: the same number of updates as the whole pool, or the same epochs.
+SUBSET_BUDGETS = ("steps", "epochs")
 CONFIG_FILE = "pretrain_config.json"
 ENCODER_FILE = "encoder.pt"
 ENCODER_META_FILE = "encoder.json"
@@ -76,6 +78,10 @@ class PretrainConfig(JsonConfig):
             random crops still move.
         subset_fraction: fraction of the ``ssl_train`` pool used (the pretraining-size ablation: 2^s/100);
             the validation part is never subsampled, so validation losses stay comparable.
+        subset_budget: how a subset is trained, one of :data:`SUBSET_BUDGETS`. ``"steps"``: a subset's epoch
+            draws as many crops as an epoch of the whole ``ssl_train`` part (each subset image gives
+            proportionally more crops), so every fraction gets the same number of updates and only the data
+            varies; ``"epochs"``: an epoch is one pass over the subset (smaller subsets get fewer updates).
         crop_size: side of the square random crops (pixels, no rescaling; 640 in the SSL-for-SEM study).
         crops_per_image: random crops drawn per image per epoch (large images hold many crops).
         patch_overlap: ``None`` draws crops anywhere in each image; a fraction in [0, 1) cuts every image into
@@ -102,6 +108,9 @@ class PretrainConfig(JsonConfig):
         val_fraction: share of the pool held out for the validation loss (0.2 = the 80/20 split; 0 = none, the
             checkpoint is then chosen on the training loss).
         max_time: wall-clock budget ``"DD:HH:MM:SS"`` or ``None``.
+        max_steps: optimiser steps in all, or ``None``; the run ends after ``epochs`` or ``max_steps``, whichever
+            comes first, and the learning-rate schedule spans the shorter. The pretraining-size ablation sets it
+            (with a large ``epochs``) so every pool size gets the same number of updates.
         limit_train_batches: batches per epoch (int) or fraction (float); ``None`` = all.
         limit_val_batches: same for validation.
         crop_databar: ``True`` detects and crops databars of folder images, ``False`` keeps all rows, an int
@@ -117,6 +126,7 @@ class PretrainConfig(JsonConfig):
     synthetic_count: int = 64
     synthetic_size: int | None = None
     subset_fraction: float = 1.0
+    subset_budget: str = "steps"
     crop_size: int = 640
     crops_per_image: int = 1
     patch_overlap: float | None = None
@@ -143,6 +153,7 @@ class PretrainConfig(JsonConfig):
     num_workers: int = 0
     val_fraction: float = 0.2
     max_time: str | None = None
+    max_steps: int | None = None
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     crop_databar: bool | int = True
@@ -175,6 +186,8 @@ class PretrainConfig(JsonConfig):
             raise InputError(
                 f"synthetic_size {self.synthetic_size} is smaller than crop_size {self.crop_size}"
             )
+        if self.subset_budget not in SUBSET_BUDGETS:
+            raise KeyError(f"unknown subset_budget {self.subset_budget!r}; choose one of: {', '.join(SUBSET_BUDGETS)}")
         if not 0 < self.subset_fraction <= 1:
             raise InputError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if not 0 <= self.mask_ratio < 1:
@@ -185,6 +198,10 @@ class PretrainConfig(JsonConfig):
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive or None, got {self.lr}")
+        if self.max_steps is not None and (
+            not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1
+        ):
+            raise InputError(f"PretrainConfig.max_steps must be None or a positive integer, got {self.max_steps!r}")
         if self.warmup_epochs < 0 or self.num_workers < 0:
             raise InputError("warmup_epochs and num_workers must be >= 0")
 
@@ -239,7 +256,12 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int, min_factor: float 
 def steps_of(module) -> tuple[int, int]:
     """``(total optimiser steps, steps per epoch)`` of the fitting run a LightningModule is attached to."""
     trainer = module.trainer
-    total = max(1, int(trainer.estimated_stepping_batches))  # accounts for limit_train_batches and devices
+    # estimated_stepping_batches accounts for limit_train_batches, devices and max_steps (then the minimum of
+    # epochs x batches and max_steps); it also sets up the training dataloader, so num_training_batches is known.
+    total = max(1, int(trainer.estimated_stepping_batches))
+    per_epoch = trainer.num_training_batches
+    if isinstance(per_epoch, int | float) and math.isfinite(per_epoch) and per_epoch > 0:
+        return total, max(1, math.ceil(per_epoch / max(1, trainer.accumulate_grad_batches)))
     epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
     return total, max(1, total // epochs)
 
@@ -257,7 +279,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     Returns:
         dict with ``method``, ``backbone``, ``n_train_images``, ``n_val_images``, ``train_loss`` (per-epoch list),
         ``val_loss`` (per-epoch list, empty without validation), ``best_val_loss`` (lowest monitored loss),
-        ``best_epoch``, ``epochs_run``, ``steps``, ``fit_seconds``, ``images_per_second`` (training crops per
+        ``best_epoch``, ``epochs_run``, ``steps``, ``train_crops_per_epoch``, ``fit_seconds``, ``images_per_second`` (training crops per
         second of the fit, validation included), ``encoder_path``, ``checkpoint_path`` and ``output_dir``.
         On a non-zero DDP rank the export is skipped and ``encoder_path`` is ``None``.
 
@@ -296,12 +318,16 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         mode="min",
         patience=None,
         max_time=config.max_time,
+        max_steps=config.max_steps,
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches if has_val else 0,
         log_every_n_steps=config.log_every_n_steps,
         enable_progress_bar=config.enable_progress_bar,
     )
-    trainer = make_trainer(trainer_config)
+    # the learning rate per step goes into the run's history next to the losses (schedules are part of a result)
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    trainer = make_trainer(trainer_config, callbacks=[LearningRateMonitor(logging_interval="step")])
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     config.save(ckpt_dir / CONFIG_FILE)
@@ -323,6 +349,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         "backbone": config.backbone,
         "backend": config.backend,
         "n_train_images": datamodule.n_train_images,
+        "train_crops_per_epoch": len(datamodule.train_dataset),
         "n_val_images": datamodule.n_val_images,
         "train_loss": train_curve,
         "val_loss": val_curve,
@@ -399,8 +426,9 @@ def load_module(output_dir: str | Path, checkpoint: str = "best"):
 
 
 def loss_history(output_dir: str | Path):
-    """``(steps, epochs)`` loss tables of a run: per optimiser step (``step``, ``train/loss_step``) and per
-    epoch (:func:`semkit.train.trainer.read_history`)."""
+    """``(steps, epochs)`` loss tables of a run: per optimiser step (``step``, ``train/loss_step`` and, for runs
+    that logged it, ``lr``: the learning rate of the first parameter group) and per epoch
+    (:func:`semkit.train.trainer.read_history`)."""
     import pandas as pd
 
     from semkit.train import trainer as tr
@@ -412,6 +440,10 @@ def loss_history(output_dir: str | Path):
         raw = pd.read_csv(csv)
         if "train/loss_step" in raw:
             steps = raw.loc[raw["train/loss_step"].notna(), ["step", "train/loss_step"]].reset_index(drop=True)
+        lr_columns = sorted(c for c in raw.columns if c.startswith("lr-"))
+        if lr_columns:  # LearningRateMonitor writes its own rows: join them on the step
+            lr = raw.loc[raw[lr_columns[0]].notna(), ["step", lr_columns[0]]].rename(columns={lr_columns[0]: "lr"})
+            steps = steps.merge(lr.drop_duplicates("step", keep="last"), on="step", how="left")
     return steps, epochs
 
 

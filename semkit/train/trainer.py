@@ -48,6 +48,8 @@ class TrainerConfig(JsonConfig):
         mode: ``"max"`` if a larger monitored value is better, ``"min"`` otherwise.
         patience: epochs without improvement of ``monitor`` before stopping; ``None`` disables early stopping.
         max_time: wall-clock budget as ``"DD:HH:MM:SS"``; ``None`` for no limit.
+        max_steps: optimiser steps in all; the run ends at ``max_epochs`` or ``max_steps``, whichever comes
+            first (a fixed compute budget across pool sizes); ``None`` for no limit.
         limit_train_batches: int (batches) or float (fraction) per training epoch; ``None`` = all.
         limit_val_batches: same for validation; ``None`` = all.
         log_every_n_steps: how often step-level values are logged.
@@ -71,6 +73,7 @@ class TrainerConfig(JsonConfig):
     mode: Literal["min", "max"] = "max"
     patience: int | None = 10
     max_time: str | None = None
+    max_steps: int | None = None
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     log_every_n_steps: int = 10
@@ -86,6 +89,8 @@ class TrainerConfig(JsonConfig):
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 
 
 
@@ -131,7 +136,7 @@ def make_trainer(config: TrainerConfig, callbacks: Iterable[Callback] = ()) -> L
         )
 
     kwargs: dict[str, Any] = {}
-    for name in ("limit_train_batches", "limit_val_batches", "max_time", "deterministic"):
+    for name in ("limit_train_batches", "limit_val_batches", "max_time", "max_steps", "deterministic"):
         value = getattr(config, name)
         if value is not None:
             kwargs[name] = value

@@ -165,6 +165,7 @@ SHIPPED = {"demo": {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune
                     "features": 1, "stem": 1},
            "backbone_sweep": {"pretrain": 16, "finetune_pretrained": 48, "finetune_baselines": 48},
            "pretraining_size": {"pretrain": 24, "finetune": 24, "finetune_scratch": 3},
+           "pretraining_size_cpu": {"pretrain": 10, "finetune": 10, "finetune_scratch": 2},
            "bam_methods": {"learned": 15, "classical": 1},
            "matssl_ebc": {"pretrain": 6},
            "stem_timing": {"06_stem_boxing": 6},
@@ -184,6 +185,29 @@ def test_shipped_specs_expand(name, tmp_path):
         assert "${" not in json.dumps(r.parameters)
         for rid in r.dependencies.values():
             assert str(tmp_path / name / rid) in json.dumps(r.parameters)
+
+
+def test_shipped_pretraining_pools_hold_no_bam_validation_or_test_image():
+    # pretraining on the test images (even unlabeled) would leak them into the fine-tuning comparison;
+    # the held-out stems of the fixed split (semkit.train.data.bam_split's docstring)
+    held_out = {"1908258", "1908268", "1908290", "1908304", "1908312",
+                "1908264", "1908272", "1908296", "1908316", "1908322"}
+    for name in ("pretraining_size", "pretraining_size_cpu", "backbone_sweep"):
+        pools = {tuple(r.parameters["data_folders"]) for r in plan_batch(load_spec(name), "/nowhere")
+                 if r.stage == "pretrain"}
+        assert len(pools) == 1, name
+        bam = [p for p in pools.pop() if "bam-tio2-sem" in p]
+        assert len(bam) == 20 and all(p.endswith(".tif") for p in bam), name
+        assert not {p.rsplit("/", 1)[-1].removesuffix(".tif") for p in bam} & held_out, name
+
+
+def test_x_keys_hold_yaml_anchors_and_are_ignored(tmp_path):
+    make_notebook(tmp_path / "toy.ipynb")
+    path = tmp_path / "anchors.yaml"
+    path.write_text("name: anchors\nx-common: &common {x: 7, fail_dir: none}\nnotebook: ./toy.ipynb\n"
+                    "parameters: *common\ngrid: {y: [a, b]}\n")
+    runs = plan_batch(load_spec(path), tmp_path / "r")
+    assert sorted((r.parameters["x"], r.parameters["y"]) for r in runs) == [(7, "a"), (7, "b")]
 
 
 def test_shipped_spec_pairing():

@@ -18,6 +18,7 @@ from PIL import Image
 from semkit.errors import InputError
 from semkit.models.backbones import create_backbone
 from semkit.ssl import METHODS, PretrainConfig, UnlabeledDataModule, pretrain
+from semkit.ssl.pretrain import loss_history
 from semkit.ssl.data import PoolImage, RandomCrops, build_pool, split_pool
 from semkit.train.trainer import read_history
 
@@ -146,6 +147,24 @@ def test_patch_overlap_cuts_each_split_into_grid_patches_after_splitting():
         PretrainConfig(patch_overlap=1.0)
 
 
+def test_subsets_get_the_whole_pools_updates_per_epoch_unless_budgeted_by_epochs():
+    pool = _ramp_pool(20)  # 16 train / 4 val images
+    full = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2, crops_per_image=3), pool=pool)
+    steps = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2, crops_per_image=3, subset_fraction=0.25),
+                                pool=pool)
+    epochs = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2, crops_per_image=3, subset_fraction=0.25,
+                                                subset_budget="epochs"), pool=pool)
+    assert (full.n_train_images, steps.n_train_images, epochs.n_train_images) == (16, 4, 4)
+    assert (len(full.train_dataset), len(steps.train_dataset), len(epochs.train_dataset)) == (48, 48, 12)
+    assert len(full.val_dataset) == len(steps.val_dataset) == len(epochs.val_dataset) == 12  # never repeated
+    # the repeated crops all come from the subset's 4 images
+    sources = {int(steps.train_dataset.images[i // steps.train_dataset.crops_per_image].name[-3:])
+               for i in range(len(steps.train_dataset))}
+    assert sources == {int(p.name[-3:]) for p in steps.train_images}
+    with pytest.raises(KeyError, match="subset_budget"):
+        PretrainConfig(subset_budget="time")
+
+
 def test_empty_pool_and_pool_smaller_than_a_batch_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="unlabeled pool is empty"):
@@ -220,6 +239,21 @@ def test_exported_encoder_is_the_lowest_validation_loss_checkpoint(run):
     assert all(torch.equal(from_ckpt[k], encoder[k]) for k in encoder)
     backbone = create_backbone("convnextv2_atto", init=out / "encoder.pt")  # strict load
     assert torch.equal(backbone.model.stem[0].weight, encoder["stem.0.weight"])
+
+
+def test_max_steps_is_a_fixed_update_budget_and_the_schedule_spans_it(tmp_path):
+    # 8 training images x 2 crops / batch 4 = 4 steps per epoch; 50 epochs allowed, 6 steps granted: the run
+    # stops after 6 updates, warmup is 1 epoch = 4 steps, and the cosine is half done at step 5 (of 4..6).
+    config = PretrainConfig(crop_size=32, synthetic_count=10, synthetic_size=64, batch_size=4, crops_per_image=2,
+                            epochs=50, max_steps=6, warmup_epochs=1, min_lr=0.0, lr=1e-3, decoder_dim=16,
+                            accelerator="cpu", output_dir=str(tmp_path / "r"), log_every_n_steps=1)
+    results = pretrain(config)
+    assert results["steps"] == 6
+    steps, _ = loss_history(tmp_path / "r")
+    assert steps["step"].tolist() == list(range(6))
+    assert steps["lr"].tolist() == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 0.5e-3])
+    with pytest.raises(InputError, match="max_steps"):
+        PretrainConfig(max_steps=0)
 
 
 def test_cli_prints_and_builds_the_configuration(tmp_path):
