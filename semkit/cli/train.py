@@ -56,7 +56,74 @@ def finetune(config_file: str | None, settings: tuple[str, ...], output_dir: str
                f"(results in {Path(config.output_dir) / 'results.json'})")
 
 
-commands = [finetune]
+@click.command("compare")
+@click.argument("runs", nargs=-1, required=True, metavar="NAME=FOLDER...")
+@click.option("--reference", default=None, help="Configuration the ERR is computed against (default: the first).")
+@click.option("--figures", "figures_dir", type=click.Path(file_okay=False), default=None,
+              help="Write aji_by_seed.png, aji_per_image.png and, for uncertainty heads, "
+                   "confidence_histograms.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the per-seed table as JSON.")
+def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | None, as_json: bool) -> None:
+    """Compare finished fine-tuning folders (semkit finetune --out, or a notebook 03 run's finetune/).
+
+    Prints test AJI+ mean ± std over seeds, per-seed values, matching counts (IoU >= 0.4), mask AP and the ERR
+    against the reference as a Markdown table, then the uncertainty-head table (AUROC, calibration) for runs
+    with a confidence head. Example: semkit compare random=runs/random fcmae=runs/fcmae --figures figs/
+    """
+    from semkit.errors import InputError
+    from semkit.train.compare import confidence_table, load_runs, markdown_table, summary_table
+
+    named = {}
+    for item in runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise click.BadParameter(f"expected NAME=FOLDER, got {item!r}", param_hint="RUNS")
+        if name in named:
+            raise click.BadParameter(f"the name {name!r} is given twice", param_hint="RUNS")
+        named[name] = folder
+    try:
+        comparison = load_runs(named)
+        summary = summary_table(comparison, reference=reference or next(iter(named)))
+    except InputError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(markdown_table(summary))
+    confidence = confidence_table(comparison)
+    if not confidence.empty:
+        click.echo("\nConfidence of the uncertainty head (per seed; matched = correct particles):")
+        click.echo(confidence.round(3).to_string(index=False))
+    if as_json:
+        click.echo(comparison.seeds.drop(columns=["run_dir"]).to_json(orient="records", indent=1))
+    if figures_dir:
+        _compare_figures(comparison, summary.attrs.get("reference"), Path(figures_dir))
+
+
+def _compare_figures(comparison, reference: str | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semkit.plotting.evaluation import plot_confidence_histograms, plot_metric_per_image, plot_seeds
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"aji_by_seed.png": plot_seeds(comparison.seeds, reference=reference)}
+    if not comparison.per_image.empty:
+        mean = comparison.per_image.groupby(["name", "image"], sort=False, as_index=False)["aji_plus"].mean()
+        fig = plot_metric_per_image(mean, method_col="name")
+        fig.axes[0].set_title("test AJI+ per image (mean over seeds)", fontsize="medium")
+        figures["aji_per_image.png"] = fig
+    parts = comparison.particles
+    if not parts.empty and "confidence" in parts and parts["confidence"].notna().any():
+        matched = parts[(parts["status"] == "correct") & parts["confidence"].notna()]
+        figures["confidence_histograms.png"] = plot_confidence_histograms(
+            matched.rename(columns={"confidence": "score"}), method_col="name")
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        click.echo(f"wrote {out / name}")
+
+
+commands = [finetune, compare]
 
 if __name__ == "__main__":  # pragma: no cover
     finetune()

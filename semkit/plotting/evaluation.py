@@ -124,6 +124,30 @@ def plot_metric_vs_backbone_size(study: pd.DataFrame, metric: str = "aji_plus", 
     return fig
 
 
+def plot_seeds(seeds: pd.DataFrame, metric: str = "aji_plus", name_col: str = "name", reference: str | None = None):
+    """One dot per seed and a mean ± std bar per configuration (e.g. :attr:`RunComparison.seeds`).
+
+    With ``reference``, a dashed line marks that configuration's mean, so gains read off directly.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _need(seeds, [name_col, metric], "plot_seeds")
+    names = list(dict.fromkeys(seeds[name_col]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.4))
+    sns.pointplot(seeds, x=name_col, y=metric, order=names, errorbar="sd", linestyle="none", color="0.25",
+                  marker="_", markersize=24, markeredgewidth=2, capsize=0.1, err_kws={"linewidth": 1.0}, ax=ax)
+    sns.stripplot(seeds, x=name_col, y=metric, order=names, hue=name_col, palette=_palette(seeds, name_col),
+                  size=6, jitter=0.12, legend=False, ax=ax)
+    if reference is not None and reference in names:
+        ax.axhline(seeds.loc[seeds[name_col] == reference, metric].mean(), color="gray", ls="--", lw=1)
+    ax.set_xlabel("")
+    ax.set_ylabel(_pretty(metric) + " (test, per seed)")
+    ax.tick_params(axis="x", rotation=30 if len(names) > 4 else 0)
+    fig.tight_layout()
+    return fig
+
+
 def plot_match_counts(per_image: pd.DataFrame, method_col: str = "method"):
     """Stacked bars of correct, missed and false-positive particles per method (summed over images)."""
     import matplotlib.pyplot as plt

@@ -456,7 +456,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         ``repeats`` -- per seed: ``seed``, ``run_dir``, training info (``train_seconds``, ``epochs_trained``,
         ``best_epoch``, ``best_val_aji_plus``, ``checkpoint``, ``model_dir``), ``thresholds``,
         ``val_aji_plus_tuned`` and ``test`` (the :data:`TEST_METRICS`); ``test`` / ``test_std``: mean and
-        standard deviation over repeats; ``wall_seconds``.
+        standard deviation over the repeats done; ``repeats_done`` / ``repeats_planned``; ``wall_seconds``.
+        ``results.json`` is rewritten after every repeat, so an interrupted run keeps its finished seeds.
 
     Raises:
         InputError: bad data (see :func:`load_splits`), missing certainty flags for the uncertainty head.
@@ -501,12 +502,18 @@ def _finetune(config: FinetuneConfig) -> dict[str, Any]:
         if config.save_predictions:
             write_predictions(run_dir / "predictions", splits["test"], predictions)
         results["repeats"].append({"seed": seed, "run_dir": str(run_dir), **_plain(info), "test": metrics})
+        # written after every seed, so an interrupted multi-seed run keeps the seeds it finished
+        _summarise(results, repeats, time.perf_counter() - start)
+        (out / RESULTS_FILE).write_text(json.dumps(_plain(results), indent=2))
+    return _plain(results)
+
+
+def _summarise(results: dict[str, Any], planned: int, seconds: float) -> None:
     frame = pd.DataFrame([rep["test"] for rep in results["repeats"]])
     results["test"] = {k: float(frame[k].mean()) for k in frame}
     results["test_std"] = {k: float(frame[k].std(ddof=1)) if len(frame) > 1 else math.nan for k in frame}
-    results["wall_seconds"] = time.perf_counter() - start
-    (out / RESULTS_FILE).write_text(json.dumps(_plain(results), indent=2))
-    return _plain(results)
+    results["repeats_done"], results["repeats_planned"] = len(frame), planned
+    results["wall_seconds"] = seconds
 
 
 def write_predictions(folder: str | Path, records: list[SEMRecord],

@@ -18,8 +18,8 @@ from PIL import Image
 from semkit.errors import InputError
 from semkit.models.backbones import create_backbone
 from semkit.ssl import METHODS, PretrainConfig, UnlabeledDataModule, pretrain
-from semkit.ssl.pretrain import loss_history
 from semkit.ssl.data import PoolImage, RandomCrops, build_pool, split_pool
+from semkit.ssl.pretrain import loss_history
 from semkit.train.trainer import read_history
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,185 @@
+"""Compare finished fine-tuning runs: the tables of BENCHMARKS.md from the folders ``semkit finetune`` writes.
+
+A fine-tuning folder (``semkit finetune --out DIR`` or ``<notebook 03 run>/finetune``) holds ``results.json`` with
+one entry per seed and, per seed, ``seed_<s>/test_per_image.csv`` and ``seed_<s>/test_particles.csv``.
+:func:`load_runs` reads several such folders under names of your choice; :func:`summary_table` gives mean ± std
+over seeds with the error reduction rate (ERR) against a reference configuration, :func:`confidence_table` the
+uncertainty-head quality per seed (AUROC and calibration, certain vs uncertain and correct vs false particles),
+and :func:`markdown_table` the result as a Markdown table. ``semkit compare`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semkit.errors import InputError
+from semkit.metrics.confidence import confidence_auroc, expected_calibration_error
+from semkit.metrics.err import error_reduction_rate
+
+RESULTS_FILE = "results.json"
+#: Test metrics summarised per configuration (mean and std over seeds), in table order.
+METRICS = ("aji_plus", "correct", "missed", "false_positive", "ap", "ap50")
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Test results of several fine-tuning folders.
+
+    Attributes:
+        seeds: one row per configuration and seed: ``name``, ``seed``, ``train_minutes``, the test metrics of
+            ``results.json`` (``aji_plus``, ``correct``, ``missed``, ``false_positive``, ``ap``, ``ap50``, ...)
+            and ``run_dir``.
+        per_image: the seeds' ``test_per_image.csv`` rows with ``name`` and ``seed``.
+        particles: the seeds' ``test_particles.csv`` rows (one per predicted particle: ``status``, ``certain``,
+            ``confidence``, ...) with ``name`` and ``seed``; empty when no seed wrote one.
+    """
+
+    seeds: pd.DataFrame
+    per_image: pd.DataFrame
+    particles: pd.DataFrame
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(self.seeds["name"]))
+
+
+def load_runs(runs: Mapping[str, str | os.PathLike]) -> RunComparison:
+    """Read fine-tuning folders.
+
+    Args:
+        runs: configuration name -> folder with ``results.json`` (several seeds are the ``repeats`` of one
+            folder); names keep their order.
+
+    Raises:
+        InputError: a folder without ``results.json``, an unreadable one, or one without finished seeds.
+    """
+    if not runs:
+        raise InputError("no runs to compare: give at least one NAME=FOLDER")
+    seed_rows, images, particles = [], [], []
+    for name, folder in runs.items():
+        path = Path(folder) / RESULTS_FILE
+        if not path.is_file():
+            raise InputError(f"no {RESULTS_FILE} in the fine-tuning folder of {name!r} (has the run finished?)",
+                             Path(folder))
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read the results of {name!r}: {err}", path) from err
+        repeats = [r for r in results.get("repeats", []) if r.get("test")]
+        if not repeats:
+            raise InputError(f"{name!r} has no seed with test results", path)
+        for rep in repeats:
+            run_dir = _run_dir(rep, Path(folder))
+            seed_rows.append({"name": name, "seed": rep.get("seed"),
+                              "train_minutes": (rep.get("train_seconds") or np.nan) / 60.0,
+                              **{k: v for k, v in rep["test"].items()}, "run_dir": str(run_dir)})
+            for table, rows in (("test_per_image.csv", images), ("test_particles.csv", particles)):
+                if (run_dir / table).is_file():
+                    rows.append(pd.read_csv(run_dir / table).assign(name=name, seed=rep.get("seed")))
+    seeds = pd.DataFrame(seed_rows)
+    for column in METRICS:
+        seeds[column] = pd.to_numeric(seeds.get(column), errors="coerce")
+    return RunComparison(seeds=seeds,
+                         per_image=pd.concat(images, ignore_index=True) if images else pd.DataFrame(),
+                         particles=pd.concat(particles, ignore_index=True) if particles else pd.DataFrame())
+
+
+def _run_dir(rep: dict, folder: Path) -> Path:
+    # results.json stores the seed folder as it was at training time; fall back to <folder>/seed_<s> when the
+    # runs were moved or copied
+    recorded = Path(rep.get("run_dir", ""))
+    if recorded.is_dir():
+        return recorded
+    return folder / f"seed_{rep.get('seed')}"
+
+
+def summary_table(comparison: RunComparison, reference: str | None = None) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds per configuration, and ERR against ``reference``.
+
+    Returns:
+        One row per configuration (in input order): ``n_seeds``, ``<metric>_mean`` and ``<metric>_std`` for
+        :data:`METRICS`, ``aji_plus_seeds`` (the per-seed AJI+ as a list), ``train_minutes`` (min and max as a
+        string ``"a–b"``) and, with a reference, ``err_percent``: ERR of the mean AJI+ over the reference's mean
+        AJI+ (the study's definition, :func:`semkit.metrics.err.error_reduction_rate`).
+
+    Raises:
+        InputError: ``reference`` is not one of the names.
+    """
+    seeds = comparison.seeds
+    if reference is not None and reference not in comparison.names:
+        raise InputError(f"reference {reference!r} is not one of the compared runs: {', '.join(comparison.names)}")
+    rows = []
+    for name, part in seeds.groupby("name", sort=False):
+        row = {"name": name, "n_seeds": len(part)}
+        for metric in METRICS:
+            values = part[metric].dropna()
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        row["aji_plus_seeds"] = [round(float(v), 3) for v in part.sort_values("seed")["aji_plus"]]
+        minutes = part["train_minutes"].dropna()
+        row["train_minutes"] = f"{minutes.min():.0f}–{minutes.max():.0f}" if len(minutes) else ""
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("name")
+    if reference is not None:
+        table.attrs["reference"] = reference
+        table["err_percent"] = error_reduction_rate(table["aji_plus_mean"].to_numpy(),
+                                                    table.loc[reference, "aji_plus_mean"])
+    return table
+
+
+def confidence_table(comparison: RunComparison, n_bins: int = 10) -> pd.DataFrame:
+    """Quality of the per-particle confidence of every seed that has one (uncertainty-head models).
+
+    Per configuration and seed: ``matched`` (predictions matched to a ground-truth particle), ``certain`` /
+    ``uncertain`` (their flags), ``auroc_certain`` (the confidence separating matched particles of certain from
+    uncertain ground truth), ``ece_certain`` (calibration with "certain" as the event), ``mean_conf_certain`` /
+    ``mean_conf_uncertain``, ``auroc_correct`` (correct vs false-positive predictions, all of them) and
+    ``ece_correct``. Empty when no seed has confidences.
+    """
+    parts = comparison.particles
+    if parts.empty or "confidence" not in parts or parts["confidence"].notna().sum() == 0:
+        return pd.DataFrame()
+    rows = []
+    for (name, seed), p in parts[parts["confidence"].notna()].groupby(["name", "seed"], sort=False):
+        matched = p[p["status"] == "correct"]
+        certain = matched["certain"].astype(bool).to_numpy()
+        conf = matched["confidence"].to_numpy(float)
+        scored = p[p["status"].isin(["correct", "false_positive"])]
+        correct = (scored["status"] == "correct").to_numpy()
+        rows.append({
+            "name": name, "seed": seed, "matched": len(matched), "certain": int(certain.sum()),
+            "uncertain": int((~certain).sum()),
+            "auroc_certain": confidence_auroc(conf, certain) if len(conf) else np.nan,
+            "ece_certain": expected_calibration_error(conf, certain, n_bins) if len(conf) else np.nan,
+            "mean_conf_certain": float(conf[certain].mean()) if certain.any() else np.nan,
+            "mean_conf_uncertain": float(conf[~certain].mean()) if (~certain).any() else np.nan,
+            "auroc_correct": confidence_auroc(scored["confidence"].to_numpy(float), correct),
+            "ece_correct": expected_calibration_error(scored["confidence"].to_numpy(float), correct, n_bins),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """The summary as the Markdown table of BENCHMARKS.md (AJI+ mean ± std and per seed, counts, AP, ERR)."""
+    has_err = "err_percent" in summary.columns
+    head = ["configuration", "test AJI+ (mean ± std)", "per seed", "correct / missed / false pos. (mean)",
+            "mask AP (AP50)", "seeds", "train min"] + (["ERR vs reference"] if has_err else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in summary.iterrows():
+        std = f" ± {r['aji_plus_std']:.3f}" if np.isfinite(r["aji_plus_std"]) else ""
+        cells = [str(name), f"{r['aji_plus_mean']:.3f}{std}", ", ".join(f"{v:.3f}" for v in r["aji_plus_seeds"]),
+                 f"{r['correct_mean']:.0f} / {r['missed_mean']:.0f} / {r['false_positive_mean']:.0f}",
+                 f"{r['ap_mean']:.3f} ({r['ap50_mean']:.3f})" if np.isfinite(r["ap_mean"]) else "—",
+                 str(int(r["n_seeds"])), r["train_minutes"]]
+        if has_err:
+            reference = name == summary.attrs.get("reference") or not np.isfinite(r["err_percent"])
+            cells.append("—" if reference else f"{r['err_percent']:+.1f} %")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Comparing fine-tuning folders: mean ± std over seeds, ERR, the confidence table, the command, partial runs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from semkit.cli.train import compare
+from semkit.errors import InputError
+from semkit.train import FinetuneConfig, finetune
+from semkit.train.compare import confidence_table, load_runs, markdown_table, summary_table
+
+# the module, not the function semkit.train re-exports under the same name
+finetune_module = importlib.import_module("semkit.train.finetune")
+
+
+def _fake_run(folder: Path, seeds: dict[int, float], particles: pd.DataFrame | None = None) -> Path:
+    """A fine-tuning folder as semkit finetune writes it, with the given test AJI+ per seed."""
+    repeats = []
+    for seed, aji in seeds.items():
+        run_dir = folder / f"seed_{seed}"
+        run_dir.mkdir(parents=True)
+        pd.DataFrame({"image": ["a", "b"], "aji_plus": [aji - 0.1, aji + 0.1]}).to_csv(
+            run_dir / "test_per_image.csv", index=False)
+        if particles is not None:
+            particles.to_csv(run_dir / "test_particles.csv", index=False)
+        repeats.append({"seed": seed, "run_dir": str(run_dir), "train_seconds": 60.0 * (seed + 1),
+                        "test": {"aji_plus": aji, "correct": 10 + seed, "missed": 5, "false_positive": 2,
+                                 "ap": 0.1, "ap50": 0.2}})
+    (folder / "results.json").write_text(json.dumps({"repeats": repeats}))
+    return folder
+
+
+def test_summary_is_mean_and_std_over_seeds_with_err_against_the_reference(tmp_path):
+    runs = {"random": _fake_run(tmp_path / "r", {0: 0.4, 1: 0.5}), "ssl": _fake_run(tmp_path / "s", {0: 0.6})}
+    summary = summary_table(load_runs(runs), reference="random")
+    assert summary.index.tolist() == ["random", "ssl"]
+    assert summary.loc["random", "aji_plus_mean"] == pytest.approx(0.45)
+    assert summary.loc["random", "aji_plus_std"] == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    assert np.isnan(summary.loc["ssl", "aji_plus_std"])  # one seed: no spread
+    # ERR = (e_ref - e) / e_ref with e = 1 - AJI+: (0.55 - 0.40) / 0.55
+    assert summary.loc["ssl", "err_percent"] == pytest.approx(100 * 0.15 / 0.55)
+    assert summary.loc["random", "correct_mean"] == pytest.approx(10.5)
+    assert summary.loc["random", "train_minutes"] == "1–2"
+    table = markdown_table(summary)
+    assert "| random | 0.450 ± 0.071 | 0.400, 0.500 | 10 / 5 / 2 | 0.100 (0.200) | 2 | 1–2 | — |" in table
+    assert "| ssl | 0.600 | 0.600 |" in table and "+27.3 %" in table
+    with pytest.raises(InputError, match="reference 'none' is not one of the compared runs: random, ssl"):
+        summary_table(load_runs(runs), reference="none")
+
+
+def test_confidence_table_on_a_hand_computed_case(tmp_path):
+    # matched (correct) particles: certain 0.9, 0.8; uncertain 0.3, 0.85 -> 3 of 4 certain/uncertain pairs
+    # ordered right: AUROC 0.75; the false positive (0.2) is below every correct one: AUROC 1
+    particles = pd.DataFrame({"status": ["correct"] * 4 + ["false_positive"],
+                              "certain": [True, True, False, False, np.nan],
+                              "confidence": [0.9, 0.8, 0.3, 0.85, 0.2]})
+    table = confidence_table(load_runs({"head": _fake_run(tmp_path / "h", {0: 0.5}, particles)}))
+    row = table.iloc[0]
+    assert (row["matched"], row["certain"], row["uncertain"]) == (4, 2, 2)
+    assert row["auroc_certain"] == pytest.approx(0.75)
+    assert row["auroc_correct"] == pytest.approx(1.0)
+    assert row["mean_conf_certain"] == pytest.approx(0.85) and row["mean_conf_uncertain"] == pytest.approx(0.575)
+    # 10 right-closed bins: 0.9 and 0.85 share (0.8, 0.9] (rate 1/2, mean 0.875: gap 0.375 for 2 particles),
+    # 0.8 alone (gap 0.2), 0.3 alone (gap 0.3): ECE = (2 x 0.375 + 0.2 + 0.3) / 4
+    assert row["ece_certain"] == pytest.approx((2 * 0.375 + 0.2 + 0.3) / 4)
+    plain = confidence_table(load_runs({"plain": _fake_run(tmp_path / "p", {0: 0.5})}))
+    assert plain.empty
+
+
+def test_compare_command_prints_the_table_and_draws_figures(tmp_path):
+    particles = pd.DataFrame({"status": ["correct", "correct", "false_positive"], "certain": [True, False, np.nan],
+                              "confidence": [0.9, 0.4, 0.1]})
+    a = _fake_run(tmp_path / "a", {0: 0.3, 1: 0.35}, particles)
+    b = _fake_run(tmp_path / "b", {0: 0.5, 1: 0.45})
+    result = CliRunner().invoke(compare, [f"base={a}", f"new={b}", "--figures", str(tmp_path / "fig")])
+    assert result.exit_code == 0, result.output
+    assert "| base | 0.325 ± 0.035 |" in result.output and "| new | 0.475 ± 0.035 |" in result.output
+    assert "auroc_certain" in result.output
+    for name in ("aji_by_seed.png", "aji_per_image.png", "confidence_histograms.png"):
+        assert (tmp_path / "fig" / name).stat().st_size > 1000, name
+    bad = CliRunner().invoke(compare, ["justafolder"])
+    assert bad.exit_code != 0 and "expected NAME=FOLDER" in bad.output
+    missing = CliRunner().invoke(compare, [f"x={tmp_path / 'nothing'}"])
+    assert missing.exit_code != 0 and "no results.json in the fine-tuning folder of 'x'" in missing.output
+
+
+def test_an_interrupted_multi_seed_run_keeps_its_finished_seeds(tmp_path, monkeypatch):
+    # the second seed fails: results.json still holds the first one, marked 1 of 2
+    runner = finetune_module.RUNNERS["unet"]
+
+    def second_seed_fails(config, splits, seed, run_dir):
+        if seed == 1:
+            raise RuntimeError("killed")
+        return runner(config, splits, seed, run_dir)
+
+    monkeypatch.setitem(finetune_module.RUNNERS, "unet", second_seed_fails)
+    torch.set_num_threads(1)
+    cfg = FinetuneConfig(synthetic_images=5, synthetic_size=64, crop_size=64, crops_per_image=2, batch_size=2,
+                         threshold_grid="quick", enable_progress_bar=False, accelerator="cpu", num_threads=1,
+                         model="unet", epochs=1, repeats=2, seed=0, save_predictions=False,
+                         output_dir=str(tmp_path / "u"))
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(cfg)
+    results = json.loads((tmp_path / "u" / "results.json").read_text())
+    assert (results["repeats_done"], results["repeats_planned"]) == (1, 2)
+    assert [r["seed"] for r in results["repeats"]] == [0]
+    comparison = load_runs({"unet": tmp_path / "u"})
+    assert comparison.seeds["aji_plus"].tolist() == [pytest.approx(results["repeats"][0]["test"]["aji_plus"])]
