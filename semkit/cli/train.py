@@ -68,19 +68,18 @@ def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | Non
 
     Prints test AJI+ mean ± std over seeds, per-seed values, matching counts (IoU >= 0.4), mask AP and the ERR
     against the reference as a Markdown table, then the uncertainty-head table (AUROC, calibration) for runs
-    with a confidence head. Example: semkit compare random=runs/random fcmae=runs/fcmae --figures figs/
+    with a confidence head. A NAME given several times pools the seeds of its folders.
+    Example: semkit compare random=runs/random fcmae=runs/fcmae --figures figs/
     """
     from semkit.errors import InputError
     from semkit.train.compare import confidence_table, load_runs, markdown_table, summary_table
 
-    named = {}
+    named: dict[str, list[str]] = {}
     for item in runs:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise click.BadParameter(f"expected NAME=FOLDER, got {item!r}", param_hint="RUNS")
-        if name in named:
-            raise click.BadParameter(f"the name {name!r} is given twice", param_hint="RUNS")
-        named[name] = folder
+        named.setdefault(name, []).append(folder)  # a name given again pools the seeds of its folders
     try:
         comparison = load_runs(named)
         summary = summary_table(comparison, reference=reference or next(iter(named)))

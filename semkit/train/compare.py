@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,24 +50,48 @@ class RunComparison:
         return list(dict.fromkeys(self.seeds["name"]))
 
 
-def load_runs(runs: Mapping[str, str | os.PathLike]) -> RunComparison:
+def load_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> RunComparison:
     """Read fine-tuning folders.
 
     Args:
         runs: configuration name -> folder with ``results.json`` (several seeds are the ``repeats`` of one
-            folder); names keep their order.
+            folder), or a list of folders whose seeds are pooled (seeds trained in separate runs); names keep
+            their order. A folder without ``results.json`` (a run from before it was written per seed, killed
+            mid-way) is read from its ``seed_<s>/test_per_image.csv`` tables: AJI+ and the matching counts are
+            recomputed from them, mask AP and the training time are then missing.
 
     Raises:
-        InputError: a folder without ``results.json``, an unreadable one, or one without finished seeds.
+        InputError: a folder with neither ``results.json`` nor a finished seed, an unreadable one, or a seed
+            that appears twice under one name.
     """
     if not runs:
         raise InputError("no runs to compare: give at least one NAME=FOLDER")
     seed_rows, images, particles = [], [], []
-    for name, folder in runs.items():
-        path = Path(folder) / RESULTS_FILE
-        if not path.is_file():
-            raise InputError(f"no {RESULTS_FILE} in the fine-tuning folder of {name!r} (has the run finished?)",
-                             Path(folder))
+    for name, folders in runs.items():
+        folders = [folders] if isinstance(folders, str | os.PathLike) else list(folders)
+        for folder in map(Path, folders):
+            for rep in _repeats(name, folder):
+                if any(r["name"] == name and r["seed"] == rep.get("seed") for r in seed_rows):
+                    raise InputError(f"seed {rep.get('seed')} of {name!r} appears in two folders", folder)
+                run_dir = _run_dir(rep, folder)
+                seed_rows.append({"name": name, "seed": rep.get("seed"),
+                                  "train_minutes": (rep.get("train_seconds") or np.nan) / 60.0,
+                                  **{k: v for k, v in rep["test"].items()}, "run_dir": str(run_dir)})
+                for table, rows in (("test_per_image.csv", images), ("test_particles.csv", particles)):
+                    if (run_dir / table).is_file():
+                        rows.append(pd.read_csv(run_dir / table).assign(name=name, seed=rep.get("seed")))
+    seeds = pd.DataFrame(seed_rows)
+    for column in METRICS:
+        seeds[column] = pd.to_numeric(seeds.get(column), errors="coerce")
+    return RunComparison(seeds=seeds,
+                         per_image=pd.concat(images, ignore_index=True) if images else pd.DataFrame(),
+                         particles=pd.concat(particles, ignore_index=True) if particles else pd.DataFrame())
+
+
+def _repeats(name: str, folder: Path) -> list[dict]:
+    """The seeds of one fine-tuning folder as ``results.json`` lists them (or rebuilt from the seed tables)."""
+    path = folder / RESULTS_FILE
+    if path.is_file():
         try:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -75,20 +99,20 @@ def load_runs(runs: Mapping[str, str | os.PathLike]) -> RunComparison:
         repeats = [r for r in results.get("repeats", []) if r.get("test")]
         if not repeats:
             raise InputError(f"{name!r} has no seed with test results", path)
-        for rep in repeats:
-            run_dir = _run_dir(rep, Path(folder))
-            seed_rows.append({"name": name, "seed": rep.get("seed"),
-                              "train_minutes": (rep.get("train_seconds") or np.nan) / 60.0,
-                              **{k: v for k, v in rep["test"].items()}, "run_dir": str(run_dir)})
-            for table, rows in (("test_per_image.csv", images), ("test_particles.csv", particles)):
-                if (run_dir / table).is_file():
-                    rows.append(pd.read_csv(run_dir / table).assign(name=name, seed=rep.get("seed")))
-    seeds = pd.DataFrame(seed_rows)
-    for column in METRICS:
-        seeds[column] = pd.to_numeric(seeds.get(column), errors="coerce")
-    return RunComparison(seeds=seeds,
-                         per_image=pd.concat(images, ignore_index=True) if images else pd.DataFrame(),
-                         particles=pd.concat(particles, ignore_index=True) if particles else pd.DataFrame())
+        return repeats
+    repeats = []
+    for table in sorted(folder.glob("seed_*/test_per_image.csv")):
+        per_image = pd.read_csv(table)
+        seed = table.parent.name.removeprefix("seed_")
+        test = {"aji_plus": float(per_image["aji_plus"].mean())}
+        for column in ("correct", "missed", "false_positive", "n_gt", "n_pred"):
+            if column in per_image:
+                test[column] = float(per_image[column].sum())
+        repeats.append({"seed": int(seed) if seed.isdigit() else seed, "run_dir": str(table.parent), "test": test})
+    if not repeats:
+        raise InputError(f"no {RESULTS_FILE} and no finished seed (seed_<s>/test_per_image.csv) in the "
+                         f"fine-tuning folder of {name!r} (has the run finished?)", folder)
+    return repeats
 
 
 def _run_dir(rep: dict, folder: Path) -> Path:
@@ -124,7 +148,8 @@ def summary_table(comparison: RunComparison, reference: str | None = None) -> pd
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
         row["aji_plus_seeds"] = [round(float(v), 3) for v in part.sort_values("seed")["aji_plus"]]
         minutes = part["train_minutes"].dropna()
-        row["train_minutes"] = f"{minutes.min():.0f}–{minutes.max():.0f}" if len(minutes) else ""
+        low, high = (f"{minutes.min():.0f}", f"{minutes.max():.0f}") if len(minutes) else ("", "")
+        row["train_minutes"] = low if low == high else f"{low}–{high}"
         rows.append(row)
     table = pd.DataFrame(rows).set_index("name")
     if reference is not None:

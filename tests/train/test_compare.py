@@ -89,7 +89,25 @@ def test_compare_command_prints_the_table_and_draws_figures(tmp_path):
     bad = CliRunner().invoke(compare, ["justafolder"])
     assert bad.exit_code != 0 and "expected NAME=FOLDER" in bad.output
     missing = CliRunner().invoke(compare, [f"x={tmp_path / 'nothing'}"])
-    assert missing.exit_code != 0 and "no results.json in the fine-tuning folder of 'x'" in missing.output
+    assert missing.exit_code != 0 and "no results.json and no finished seed" in missing.output
+    # a name given twice pools the seeds of both folders; the same seed twice is an error
+    c = _fake_run(tmp_path / "c", {2: 0.4})
+    pooled = CliRunner().invoke(compare, [f"base={a}", f"base={c}"])
+    assert pooled.exit_code == 0 and "| base | 0.350 ± 0.050 | 0.300, 0.350, 0.400 |" in pooled.output
+    twice = CliRunner().invoke(compare, [f"base={a}", f"base={a}"])
+    assert twice.exit_code != 0 and "seed 0 of 'base' appears in two folders" in twice.output
+
+
+def test_folders_without_results_json_are_read_from_their_seed_tables(tmp_path):
+    run_dir = tmp_path / "killed" / "seed_1"
+    run_dir.mkdir(parents=True)
+    pd.DataFrame({"image": ["a", "b"], "aji_plus": [0.2, 0.4], "correct": [3, 4], "missed": [1, 2],
+                  "false_positive": [0, 5]}).to_csv(run_dir / "test_per_image.csv", index=False)
+    seeds = load_runs({"killed": tmp_path / "killed"}).seeds
+    row = seeds.iloc[0]
+    assert (row["seed"], row["aji_plus"], row["correct"], row["missed"], row["false_positive"]) == (
+        1, pytest.approx(0.3), 7, 3, 5)
+    assert np.isnan(row["ap"])
 
 
 def test_an_interrupted_multi_seed_run_keeps_its_finished_seeds(tmp_path, monkeypatch):
