@@ -178,6 +178,8 @@ class RandomCrops(Dataset):
             never flipped, so every epoch sees the same validation pixels.
         transform: maps the ``(1, crop, crop)`` float tensor to the method's sample; ``None`` = identity.
         seed: seed of the fixed validation positions.
+        length: samples per epoch; ``None`` = ``len(images) * crops_per_image``. A larger value cycles over the
+            images (sample ``i`` comes from image ``(i // crops_per_image) % len(images)``).
 
     Returns per item:
         ``transform(crop)`` or the crop, a float32 tensor ``(1, crop_size, crop_size)`` in [0, 1].
@@ -191,8 +193,10 @@ class RandomCrops(Dataset):
         train: bool = True,
         transform: Callable[[torch.Tensor], Any] | None = None,
         seed: int = 0,
+        length: int | None = None,
     ):
         self.images = list(images)
+        self.length = length
         self.crop_size = int(crop_size)
         self.crops_per_image = int(crops_per_image)
         self.train = train
@@ -203,10 +207,10 @@ class RandomCrops(Dataset):
                 raise InputError(f"image is {p.shape[0]}x{p.shape[1]}, smaller than the {crop_size} crop", p.source)
 
     def __len__(self) -> int:
-        return len(self.images) * self.crops_per_image
+        return len(self.images) * self.crops_per_image if self.length is None else int(self.length)
 
     def __getitem__(self, index: int):
-        item = self.images[index // self.crops_per_image]
+        item = self.images[(index // self.crops_per_image) % len(self.images)]
         image = item.load()
         h, w = image.shape
         c = self.crop_size
@@ -294,13 +298,14 @@ class UnlabeledDataModule(L.LightningDataModule):
             self.val_images = patch_pool(self.val_images, config.crop_size, overlap) if self.val_images else []
         if not self.train_images:
             raise InputError("the training part of the unlabeled pool is empty")
-        # subset_budget "steps": a subset's epoch draws as many crops as an epoch of the whole ssl_train part,
-        # so every fraction of the ablation gets the same number of updates (data size, not compute, varies)
-        self.train_repeat = 1
+        # subset_budget "steps": a subset's epoch draws exactly as many crops as an epoch of the whole ssl_train
+        # part (cycling over the subset's images), so every fraction of the ablation gets the same number of
+        # updates: data size varies, compute does not
+        length = None
         if getattr(config, "subset_budget", "epochs") == "steps":
-            self.train_repeat = max(1, round(len(full_train) / len(self.train_images)))
-        self.train_dataset = RandomCrops(self.train_images, config.crop_size,
-                                         config.crops_per_image * self.train_repeat, True, transform, config.seed)
+            length = len(full_train) * config.crops_per_image
+        self.train_dataset = RandomCrops(self.train_images, config.crop_size, config.crops_per_image, True,
+                                         transform, config.seed, length=length)
         self.val_dataset = RandomCrops(self.val_images, config.crop_size, config.crops_per_image, False,
                                        transform, config.seed)
 

@@ -157,10 +157,14 @@ def test_subsets_get_the_whole_pools_updates_per_epoch_unless_budgeted_by_epochs
     assert (full.n_train_images, steps.n_train_images, epochs.n_train_images) == (16, 4, 4)
     assert (len(full.train_dataset), len(steps.train_dataset), len(epochs.train_dataset)) == (48, 48, 12)
     assert len(full.val_dataset) == len(steps.val_dataset) == len(epochs.val_dataset) == 12  # never repeated
-    # the repeated crops all come from the subset's 4 images
-    sources = {int(steps.train_dataset.images[i // steps.train_dataset.crops_per_image].name[-3:])
-               for i in range(len(steps.train_dataset))}
-    assert sources == {int(p.name[-3:]) for p in steps.train_images}
+    # the cycled crops all come from the subset's 4 images, each 12 times
+    dataset = steps.train_dataset
+    top_left = [int(dataset[i][0, 0, 0]) // 10**6 for i in range(len(dataset))]  # ramp value = image offset
+    assert sorted(top_left) == sorted(int(p.name[-3:]) for p in steps.train_images for _ in range(12))
+    # exact, also when the subset does not divide the pool: 5 of 16 images still give 48 crops, not 3 x 15
+    five = UnlabeledDataModule(PretrainConfig(crop_size=8, batch_size=2, crops_per_image=3, subset_fraction=0.3),
+                               pool=pool)
+    assert (five.n_train_images, len(five.train_dataset)) == (5, 48)
     with pytest.raises(KeyError, match="subset_budget"):
         PretrainConfig(subset_budget="time")
 
