@@ -169,6 +169,7 @@ SHIPPED = {"demo": {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune
            "bam_methods": {"learned": 15, "classical": 1},
            "bam_methods_cpu": {"maskrcnn": 12, "maskrcnn_uncertainty": 3, "unet": 3, "classical": 1},
            "matssl_ebc": {"pretrain": 6},
+           "matssl_ebc_cpu": {"pretrain": 2},
            "stem_timing": {"06_stem_boxing": 6},
            "my_data": {"curate": 1, "pretrain": 1, "finetune_pretrained": 3, "finetune_scratch": 3}}
 
