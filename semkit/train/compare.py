@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from semkit.errors import InputError
-from semkit.metrics.confidence import confidence_auroc, expected_calibration_error
+from semkit.metrics.confidence import confidence_analysis, confidence_auroc
 from semkit.metrics.err import error_reduction_rate
 
 RESULTS_FILE = "results.json"
@@ -173,20 +173,19 @@ def confidence_table(comparison: RunComparison, n_bins: int = 10) -> pd.DataFram
         return pd.DataFrame()
     rows = []
     for (name, seed), p in parts[parts["confidence"].notna()].groupby(["name", "seed"], sort=False):
-        matched = p[p["status"] == "correct"]
-        certain = matched["certain"].astype(bool).to_numpy()
-        conf = matched["confidence"].to_numpy(float)
-        scored = p[p["status"].isin(["correct", "false_positive"])]
-        correct = (scored["status"] == "correct").to_numpy()
+        # the metrics module's analysis, on the seed's predictions (only matched ones carry the certain flag)
+        pred = p.rename(columns={"confidence": "score"}).assign(side="pred", method=name)
+        certain = confidence_analysis(pred, "certain", n_bins).summary.iloc[0]
+        correct = confidence_analysis(pred, "correct", n_bins).summary.iloc[0]
+        scored = pred[pred["status"].isin(["correct", "false_positive"])]
         rows.append({
-            "name": name, "seed": seed, "matched": len(matched), "certain": int(certain.sum()),
-            "uncertain": int((~certain).sum()),
-            "auroc_certain": confidence_auroc(conf, certain) if len(conf) else np.nan,
-            "ece_certain": expected_calibration_error(conf, certain, n_bins) if len(conf) else np.nan,
-            "mean_conf_certain": float(conf[certain].mean()) if certain.any() else np.nan,
-            "mean_conf_uncertain": float(conf[~certain].mean()) if (~certain).any() else np.nan,
-            "auroc_correct": confidence_auroc(scored["confidence"].to_numpy(float), correct),
-            "ece_correct": expected_calibration_error(scored["confidence"].to_numpy(float), correct, n_bins),
+            "name": name, "seed": seed, "matched": int(certain["n"]), "certain": int(certain["n_certain"]),
+            "uncertain": int(certain["n_uncertain"]), "auroc_certain": certain["auroc"],
+            "ece_certain": certain["ece"], "mean_conf_certain": certain["mean_confidence_certain"],
+            "mean_conf_uncertain": certain["mean_confidence_uncertain"],
+            "auroc_correct": confidence_auroc(scored["score"].to_numpy(float),
+                                              (scored["status"] == "correct").to_numpy()),
+            "ece_correct": correct["ece"],
         })
     return pd.DataFrame(rows)
 
