@@ -170,6 +170,7 @@ SHIPPED = {"demo": {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune
            "bam_methods_cpu": {"maskrcnn": 12, "maskrcnn_uncertainty": 3, "unet": 3, "classical": 1},
            "matssl_ebc": {"pretrain": 6},
            "matssl_ebc_cpu": {"pretrain": 2},
+           "ssl_pico_cpu": {"pretrain": 2, "finetune": 6, "finetune_scratch": 3},
            "stem_timing": {"06_stem_boxing": 6},
            "my_data": {"curate": 1, "pretrain": 1, "finetune_pretrained": 3, "finetune_scratch": 3}}
 
@@ -194,7 +195,7 @@ def test_shipped_pretraining_pools_hold_no_bam_validation_or_test_image():
     # the held-out stems of the fixed split (semkit.train.data.bam_split's docstring)
     held_out = {"1908258", "1908268", "1908290", "1908304", "1908312",
                 "1908264", "1908272", "1908296", "1908316", "1908322"}
-    for name in ("pretraining_size", "pretraining_size_cpu", "backbone_sweep"):
+    for name in ("pretraining_size", "pretraining_size_cpu", "backbone_sweep", "ssl_pico_cpu"):
         pools = {tuple(r.parameters["data_folders"]) for r in plan_batch(load_spec(name), "/nowhere")
                  if r.stage == "pretrain"}
         assert len(pools) == 1, name
@@ -224,6 +225,21 @@ def test_shipped_spec_pairing():
     assert pairs == {(2**s / 100 if s < 7 else 1.0, seed) for s in range(8) for seed in range(3)}
     assert all(pre[r.dependencies["pretrain"]].parameters["seed"] == r.parameters["seed"]
                for r in size if r.stage == "finetune")
+
+
+def test_shipped_cpu_ssl_specs_pairing():
+    # ssl_pico_cpu: both encoders fine-tuned with each of the 3 seeds (match on nothing)
+    runs = plan_batch(load_spec("ssl_pico_cpu"), "/nowhere/ssl_pico_cpu")
+    pre = {r.run_id: r.parameters for r in runs if r.stage == "pretrain"}
+    assert {(p["method"], p["epochs"], p["lr"]) for p in pre.values()} == {("fcmae", 9, 0.001), ("densecl", 3, None)}
+    pairs = sorted((pre[r.dependencies["pretrain"]]["method"], r.parameters["seed"])
+                   for r in runs if r.stage == "finetune")
+    assert pairs == sorted((m, s) for m in ("fcmae", "densecl") for s in range(3))
+    assert sorted(r.parameters["init"] for r in runs if r.stage == "finetune_scratch") == ["random"] * 3
+    # matssl_ebc_cpu: the random U-Net++ baseline is fine-tuned once, in the MatSSL run
+    ebc = plan_batch(load_spec("matssl_ebc_cpu"), "/nowhere/matssl_ebc_cpu")
+    assert {(r.parameters["method"], r.parameters["downstream_baseline"]) for r in ebc} == {
+        ("matssl", True), ("mocov2", False)}
 
 
 def test_dry_run_lists_runs(tmp_path):
