@@ -9,7 +9,8 @@
 #
 # Recipe (facts established for MinkowskiEngine 0.5.4 with torch 2.x on Python 3.11):
 #   * system: libopenblas-dev (installed with apt-get when missing and we are root or have sudo);
-#   * build tools: setuptools<70 (newer ones break its numpy.distutils-based setup.py) and ninja, put on
+#   * build tools: setuptools<70 (newer ones break its numpy.distutils-based setup.py), wheel (old setuptools
+#     has no bdist_wheel without it; fresh venvs do not ship it) and ninja, put on
 #     PYTHONPATH/PATH from a private folder so the environment's own setuptools is left alone;
 #   * `python setup.py bdist_wheel --cpu_only --blas=openblas` without build isolation (it compiles against
 #     the environment's torch and numpy); on a machine with a CUDA GPU and nvcc, without --cpu_only;
@@ -96,7 +97,8 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semkit-minkowski.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -m pip install --quiet --no-warn-conflicts --target "$WORK/tools" "setuptools<70" ninja
+# wheel: setuptools < 70.1 has no bdist_wheel of its own, and a fresh venv no longer ships the wheel package
+"$PY" -m pip install --quiet --no-warn-conflicts --target "$WORK/tools" "setuptools<70" "wheel<0.44" ninja
 export PYTHONPATH="$WORK/tools${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$WORK/tools/bin:$PATH"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
