@@ -64,7 +64,7 @@ def finetune(config_file: str | None, settings: tuple[str, ...], output_dir: str
                    "confidence_histograms.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the per-seed table as JSON.")
 def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | None, as_json: bool) -> None:
-    """Compare finished fine-tuning folders (semkit finetune --out, or a notebook 03 run's finetune/).
+    """Compare finished fine-tuning folders (semkit finetune --out, or a notebook 03 run folder).
 
     Prints test AJI+ mean ± std over seeds, per-seed values, matching counts (IoU >= 0.4), mask AP and the ERR
     against the reference as a Markdown table, then the uncertainty-head table (AUROC, calibration) for runs

@@ -24,6 +24,8 @@ from semkit.metrics.confidence import confidence_analysis, confidence_auroc
 from semkit.metrics.err import error_reduction_rate
 
 RESULTS_FILE = "results.json"
+#: The subfolder where notebook 03 (and so every batch run of it) lets ``finetune`` write.
+NOTEBOOK_FINETUNE_DIR = "finetune"
 #: Test metrics summarised per configuration (mean and std over seeds), in table order.
 METRICS = ("aji_plus", "correct", "missed", "false_positive", "ap", "ap50")
 
@@ -58,7 +60,8 @@ def load_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]
             folder), or a list of folders whose seeds are pooled (seeds trained in separate runs); names keep
             their order. A folder without ``results.json`` (a run from before it was written per seed, killed
             mid-way) is read from its ``seed_<s>/test_per_image.csv`` tables: AJI+ and the matching counts are
-            recomputed from them, mask AP and the training time are then missing.
+            recomputed from them, mask AP and the training time are then missing. A notebook 03 run folder
+            (``papermill_runs/<batch>/03_finetuning-<id>``) stands for its ``finetune`` subfolder.
 
     Raises:
         InputError: a folder with neither ``results.json`` nor a finished seed, an unreadable one, or a seed
@@ -69,7 +72,7 @@ def load_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]
     seed_rows, images, particles = [], [], []
     for name, folders in runs.items():
         folders = [folders] if isinstance(folders, str | os.PathLike) else list(folders)
-        for folder in map(Path, folders):
+        for folder in map(_finetune_folder, folders):
             for rep in _repeats(name, folder):
                 if any(r["name"] == name and r["seed"] == rep.get("seed") for r in seed_rows):
                     raise InputError(f"seed {rep.get('seed')} of {name!r} appears in two folders", folder)
@@ -86,6 +89,14 @@ def load_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]
     return RunComparison(seeds=seeds,
                          per_image=pd.concat(images, ignore_index=True) if images else pd.DataFrame(),
                          particles=pd.concat(particles, ignore_index=True) if particles else pd.DataFrame())
+
+
+def _finetune_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    inner = folder / NOTEBOOK_FINETUNE_DIR
+    if not (folder / RESULTS_FILE).is_file() and not any(folder.glob("seed_*")) and inner.is_dir():
+        return inner
+    return folder
 
 
 def _repeats(name: str, folder: Path) -> list[dict]:

@@ -110,6 +110,19 @@ def test_folders_without_results_json_are_read_from_their_seed_tables(tmp_path):
     assert np.isnan(row["ap"])
 
 
+def test_a_notebook_run_folder_stands_for_its_finetune_subfolder(tmp_path):
+    # batch runs of notebook 03 write <run>/finetune/results.json; the run folder itself is accepted
+    for seed, aji in ((0, 0.4), (1, 0.5)):
+        _fake_run(tmp_path / f"03_finetuning-{seed}" / "finetune", {seed: aji})
+    seeds = load_runs({"fcmae": [tmp_path / "03_finetuning-0", tmp_path / "03_finetuning-1"]}).seeds
+    assert seeds["seed"].tolist() == [0, 1]
+    assert seeds["aji_plus"].tolist() == [0.4, 0.5]
+    assert seeds["run_dir"].tolist() == [str(tmp_path / f"03_finetuning-{s}" / "finetune" / f"seed_{s}")
+                                         for s in (0, 1)]
+    with pytest.raises(InputError, match="has the run finished"):
+        load_runs({"empty": tmp_path / "03_finetuning-empty"})
+
+
 def test_an_interrupted_multi_seed_run_keeps_its_finished_seeds(tmp_path, monkeypatch):
     # the second seed fails: results.json still holds the first one, marked 1 of 2
     runner = finetune_module.RUNNERS["unet"]
