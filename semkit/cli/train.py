@@ -63,16 +63,30 @@ def finetune(config_file: str | None, settings: tuple[str, ...], output_dir: str
               help="Write aji_by_seed.png, aji_per_image.png and, for uncertainty heads, "
                    "confidence_histograms.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the per-seed table as JSON.")
-def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | None, as_json: bool) -> None:
+@click.option("--published", multiple=True, metavar="LABEL=SPLIT:VALUE,...",
+              help="Semantic runs only: a literature figure to draw beside the bars, e.g. "
+                   "'MatSSL (paper)=EBC1:0.968,EBC2:0.947,EBC3:0.845' (repeatable).")
+def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | None, as_json: bool,
+            published: tuple[str, ...]) -> None:
     """Compare finished fine-tuning folders (semkit finetune --out, or a notebook 03 run folder).
 
     Prints test AJI+ mean ± std over seeds, per-seed values, matching counts (IoU >= 0.4), mask AP and the ERR
     against the reference as a Markdown table, then the uncertainty-head table (AUROC, calibration) for runs
     with a confidence head. A NAME given several times pools the seeds of its folders.
+
+    Semantic fine-tuning folders (U-Net++ on NASA EBC: one results.json per split, e.g. a notebook 02 run's
+    downstream/<encoder>) give test mIoU per split instead, mean ± std over seeds, and --figures draws
+    miou_by_split.png.
     Example: semkit compare random=runs/random fcmae=runs/fcmae --figures figs/
     """
     from semkit.errors import InputError
-    from semkit.train.compare import confidence_table, load_runs, markdown_table, summary_table
+    from semkit.train.compare import (
+        confidence_table,
+        load_runs,
+        markdown_table,
+        semantic_results_files,
+        summary_table,
+    )
 
     named: dict[str, list[str]] = {}
     for item in runs:
@@ -80,6 +94,17 @@ def compare(runs: tuple[str, ...], reference: str | None, figures_dir: str | Non
         if not sep or not name or not folder:
             raise click.BadParameter(f"expected NAME=FOLDER, got {item!r}", param_hint="RUNS")
         named.setdefault(name, []).append(folder)  # a name given again pools the seeds of its folders
+    semantic = {folder: bool(semantic_results_files(folder)) for folders in named.values() for folder in folders}
+    if any(semantic.values()):
+        if not all(semantic.values()):
+            raise click.ClickException(
+                "cannot compare semantic (per-split mIoU) with instance (AJI+) folders; without semantic results: "
+                + ", ".join(f for f, is_semantic in semantic.items() if not is_semantic))
+        _compare_semantic(named, figures_dir, as_json, _parse_published(published))
+        return
+    if published:
+        raise click.BadParameter("only semantic runs (per-split mIoU) take published figures",
+                                 param_hint="--published")
     try:
         comparison = load_runs(named)
         summary = summary_table(comparison, reference=reference or next(iter(named)))
@@ -120,6 +145,55 @@ def _compare_figures(comparison, reference: str | None, out: Path) -> None:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         click.echo(f"wrote {out / name}")
+
+
+def _parse_published(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    published: dict[str, dict[str, float]] = {}
+    for item in items:
+        label, sep, values = item.partition("=")
+        try:
+            if not sep or not label:
+                raise ValueError
+            pairs = [v.split(":") for v in values.split(",")]
+            published[label] = {split.strip(): float(value) for split, value in pairs}
+        except ValueError:
+            raise click.BadParameter(f"expected LABEL=SPLIT:VALUE,..., got {item!r}",
+                                     param_hint="--published") from None
+    return published
+
+
+def _compare_semantic(named: dict[str, list[str]], figures_dir: str | None, as_json: bool,
+                      published: dict[str, dict[str, float]]) -> None:
+    from semkit.errors import InputError
+    from semkit.train.compare import load_semantic_runs, semantic_markdown_table, semantic_summary
+
+    try:
+        table = load_semantic_runs(named)
+    except InputError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(semantic_markdown_table(semantic_summary(table)))
+    classes = sorted(c for c in table.columns if c.startswith("test_iou_class_"))
+    if classes:
+        click.echo("\nTest IoU per class (mean over seeds):")
+        click.echo(table.groupby(["name", "split"], sort=False)[classes].mean().round(3).to_string())
+    for label, values in published.items():
+        click.echo(f"published {label}: " + ", ".join(f"{s} {v:.3f}" for s, v in values.items()))
+    if as_json:
+        click.echo(table.drop(columns=["run_dir"]).to_json(orient="records", indent=1))
+    if figures_dir:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from semkit.plotting.evaluation import plot_miou_by_split
+
+        out = Path(figures_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fig = plot_miou_by_split(table, published=published)
+        fig.savefig(out / "miou_by_split.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        click.echo(f"wrote {out / 'miou_by_split.png'}")
 
 
 commands = [finetune, compare]

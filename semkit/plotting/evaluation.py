@@ -148,6 +148,40 @@ def plot_seeds(seeds: pd.DataFrame, metric: str = "aji_plus", name_col: str = "n
     return fig
 
 
+def plot_miou_by_split(table: pd.DataFrame, metric: str = "test_miou_dataset_level", name_col: str = "name",
+                       published: dict[str, dict[str, float]] | None = None):
+    """Grouped bars of a semantic score per split (x) and configuration (hue), one dot per seed.
+
+    ``table`` has one row per configuration, split and seed (:func:`semkit.train.compare.load_semantic_runs`).
+    ``published`` (label -> split -> value) draws reference figures from the literature as black ticks over
+    their split, labelled in the legend, so the gap to the studies' own numbers reads off the same axis.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _need(table, [name_col, "split", metric], "plot_miou_by_split")
+    splits = list(dict.fromkeys(table["split"]))
+    names = list(dict.fromkeys(table[name_col]))
+    palette = _palette(table, name_col)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(splits) * max(1, len(names)) ** 0.5 + 2), 3.6))
+    sns.barplot(table, x="split", y=metric, hue=name_col, order=splits, hue_order=names, palette=palette,
+                errorbar=None, alpha=0.75, ax=ax)
+    sns.stripplot(table, x="split", y=metric, hue=name_col, order=splits, hue_order=names, palette=palette,
+                  dodge=True, jitter=False, size=4, edgecolor="0.2", linewidth=0.6, legend=False, ax=ax)
+    markers = iter([("_", 600), ("x", 60), ("+", 90), ("1", 90)])
+    for label, values in (published or {}).items():
+        marker, size = next(markers, ("_", 600))
+        xs = [splits.index(s) for s in values if s in splits]
+        ys = [values[s] for s in values if s in splits]
+        ax.scatter(xs, ys, marker=marker, s=size, color="black", linewidths=1.5, zorder=5, label=label)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("")
+    ax.set_ylabel(_pretty(metric))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def plot_match_counts(per_image: pd.DataFrame, method_col: str = "method"):
     """Stacked bars of correct, missed and false-positive particles per method (summed over images)."""
     import matplotlib.pyplot as plt
@@ -323,4 +357,5 @@ def plot_reliability(reliability: pd.DataFrame, method_col: str = "method"):
 def _pretty(name: str) -> str:
     return {"aji_plus": "AJI+", "f1": "F1", "pq": "PQ", "ecd_px": "ECD (px)", "ecd_nm": "ECD (nm)",
             "ecd_um": "ECD (µm)", "area_px": "area (px²)", "area_nm2": "area (nm²)",
-            "area_um2": "area (µm²)"}.get(name, name.replace("_", " "))
+            "area_um2": "area (µm²)",
+            "test_miou_dataset_level": "test mIoU", "test_miou_image_averaged": "test mIoU (per image)"}.get(name, name.replace("_", " "))

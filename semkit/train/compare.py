@@ -218,3 +218,110 @@ def markdown_table(summary: pd.DataFrame) -> str:
             cells.append("—" if reference else f"{r['err_percent']:+.1f} %")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Semantic segmentation (U-Net++ on NASA EBC and the like): the folders `finetune_semantic` writes, one
+# results.json per split, e.g. <notebook 02 run>/downstream/<encoder>/<split>/results.json.
+
+#: The score of a semantic split (mIoU over the whole test set's pixels, as the MatSSL study reports it).
+SEMANTIC_METRIC = "test_miou_dataset_level"
+
+
+def _is_semantic_result(path: Path) -> bool:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(results, dict) and "split" in results and SEMANTIC_METRIC in results
+
+
+def semantic_results_files(folder: str | os.PathLike) -> list[Path]:
+    """The semantic ``results.json`` of ``folder``: its own (one split) or those of its split subfolders.
+
+    Empty when the folder holds none (an instance fine-tuning folder, for example).
+    """
+    folder = Path(folder)
+    candidates = [folder / RESULTS_FILE, *sorted(folder.glob(f"*/{RESULTS_FILE}"))]
+    return [p for p in candidates if p.is_file() and _is_semantic_result(p)]
+
+
+def load_semantic_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> pd.DataFrame:
+    """Read semantic fine-tuning folders into one row per configuration, split and seed.
+
+    Args:
+        runs: configuration name -> a folder of one split (``results.json`` with ``split``) or of several split
+            subfolders (``downstream/<encoder>`` of a notebook 02 run), or a list of such folders whose splits
+            and seeds are pooled (e.g. a baseline whose splits were trained in separate runs).
+
+    Returns:
+        Columns ``name``, ``split``, ``seed``, ``encoder``, the ``test_*`` scores of ``results.json``
+        (``test_miou_dataset_level``, ``test_miou_image_averaged``, ``test_iou_class_<c>``, ...),
+        ``best_val_miou`` and ``run_dir``.
+
+    Raises:
+        InputError: a folder without semantic results (a notebook 02 run folder holds them under
+            ``downstream/<encoder>``), or a split and seed that appear twice under one name.
+    """
+    if not runs:
+        raise InputError("no runs to compare: give at least one NAME=FOLDER")
+    rows = []
+    for name, folders in runs.items():
+        folders = [folders] if isinstance(folders, str | os.PathLike) else list(folders)
+        for folder in map(Path, folders):
+            files = semantic_results_files(folder)
+            if not files:
+                hint = (f" (a notebook 02 run keeps them per encoder: {folder / 'downstream' / '<encoder>'})"
+                        if (folder / "downstream").is_dir() else "")
+                raise InputError(f"no semantic {RESULTS_FILE} (with 'split' and '{SEMANTIC_METRIC}') in the "
+                                 f"folder of {name!r} or its subfolders{hint}", folder)
+            for path in files:
+                results = json.loads(path.read_text())
+                seed = results.get("config", {}).get("seed")
+                if any(r["name"] == name and r["split"] == results["split"] and r["seed"] == seed for r in rows):
+                    raise InputError(f"split {results['split']} seed {seed} of {name!r} appears twice", path)
+                rows.append({"name": name, "split": results["split"], "seed": seed,
+                             "encoder": results.get("encoder"),
+                             **{k: v for k, v in results.items() if k.startswith("test_") or k == "best_val_miou"},
+                             "run_dir": str(path.parent)})
+    return pd.DataFrame(rows)
+
+
+def semantic_summary(table: pd.DataFrame, metric: str = SEMANTIC_METRIC) -> pd.DataFrame:
+    """Mean and sample std over seeds of ``metric`` per configuration (rows, input order) and split (columns).
+
+    Returns:
+        Columns ``<split>_mean``, ``<split>_std`` (NaN with one seed) and ``<split>_n`` for every split in order of
+        appearance, and ``mean_over_splits`` (the mean of the split means, NaN when a split is missing).
+    """
+    splits = list(dict.fromkeys(table["split"]))
+    rows = []
+    for name, part in table.groupby("name", sort=False):
+        row = {"name": name}
+        for split in splits:
+            values = part.loc[part["split"] == split, metric].dropna()
+            row[f"{split}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{split}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            row[f"{split}_n"] = len(values)
+        row["mean_over_splits"] = float(np.mean([row[f"{s}_mean"] for s in splits]))
+        rows.append(row)
+    summary = pd.DataFrame(rows).set_index("name")
+    summary.attrs["splits"] = splits
+    return summary
+
+
+def semantic_markdown_table(summary: pd.DataFrame) -> str:
+    """The semantic summary as the Markdown table of BENCHMARKS.md (test mIoU per split, mean ± std, seeds)."""
+    splits = summary.attrs.get("splits") or [c.removesuffix("_mean") for c in summary.columns
+                                              if c.endswith("_mean") and c != "mean_over_splits"]
+    head = ["configuration", *(f"{s} test mIoU" for s in splits), "mean over splits", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in summary.iterrows():
+        cells = [str(name)]
+        for split in splits:
+            mean, std = r[f"{split}_mean"], r[f"{split}_std"]
+            cells.append("—" if not np.isfinite(mean) else f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else ""))
+        cells.append(f"{r['mean_over_splits']:.3f}" if np.isfinite(r["mean_over_splits"]) else "—")
+        cells.append("/".join(str(int(r[f"{s}_n"])) for s in splits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

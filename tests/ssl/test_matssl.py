@@ -257,6 +257,12 @@ def test_finetune_semantic_on_a_synthetic_split(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["split"] == "SYN" and saved["test_miou_dataset_level"] == pytest.approx(result.test_miou)
     assert saved["config"]["arch"] == "unetplusplus" and saved["config"]["lr"] == 1e-4
+    # semkit compare reads what finetune_semantic writes
+    from semkit.train.compare import load_semantic_runs
+
+    row = load_semantic_runs({"none": tmp_path / "run"}).iloc[0]
+    assert (row["split"], row["encoder"], row["seed"]) == ("SYN", "random", 0)
+    assert row["test_miou_dataset_level"] == pytest.approx(result.test_miou)
 
 
 @pytest.mark.shared_data

@@ -145,3 +145,93 @@ def test_an_interrupted_multi_seed_run_keeps_its_finished_seeds(tmp_path, monkey
     assert [r["seed"] for r in results["repeats"]] == [0]
     comparison = load_runs({"unet": tmp_path / "u"})
     assert comparison.seeds["aji_plus"].tolist() == [pytest.approx(results["repeats"][0]["test"]["aji_plus"])]
+
+
+def _semantic_result(folder: Path, split: str, miou: float, seed: int = 0, encoder: str = "random") -> Path:
+    """A split folder as finetune_semantic writes it (results.json holds the split and its test scores)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({
+        "split": split, "encoder": encoder, "best_val_miou": miou + 0.05, "test_miou_dataset_level": miou,
+        "test_miou_image_averaged": miou - 0.01, "test_iou_class_0": 2 * miou, "test_iou_class_1": 0.0,
+        "config": {"seed": seed, "backbone": "resnet50"}}))
+    return folder
+
+
+def test_semantic_folders_give_miou_per_split_over_seeds(tmp_path):
+    from semkit.train.compare import load_semantic_runs, semantic_markdown_table, semantic_summary
+
+    # an encoder's downstream folder: one subfolder per split, two seeds on EBC1 in separate folders
+    for split, miou in (("EBC1", 0.4), ("EBC2", 0.2)):
+        _semantic_result(tmp_path / "matssl" / split, split, miou, encoder="matssl.pt")
+    _semantic_result(tmp_path / "matssl_seed1" / "EBC1", "EBC1", 0.5, seed=1)
+    # a baseline whose splits ran in two places, pooled under one name; a lone split folder works too
+    _semantic_result(tmp_path / "random_a" / "EBC1", "EBC1", 0.3)
+    _semantic_result(tmp_path / "random_b", "EBC2", 0.1)
+    table = load_semantic_runs({"matssl": [tmp_path / "matssl", tmp_path / "matssl_seed1"],
+                                "random": [tmp_path / "random_a", tmp_path / "random_b"]})
+    assert len(table) == 5 and set(table["split"]) == {"EBC1", "EBC2"}
+    assert table.loc[table["name"] == "matssl", "encoder"].iloc[0] == "matssl.pt"
+    summary = semantic_summary(table)
+    assert summary.index.tolist() == ["matssl", "random"]
+    assert summary.loc["matssl", "EBC1_mean"] == pytest.approx(0.45)
+    assert summary.loc["matssl", "EBC1_std"] == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    assert np.isnan(summary.loc["matssl", "EBC2_std"]) and summary.loc["matssl", "EBC2_n"] == 1
+    assert summary.loc["matssl", "mean_over_splits"] == pytest.approx((0.45 + 0.2) / 2)
+    assert summary.loc["random", "mean_over_splits"] == pytest.approx(0.2)
+    markdown = semantic_markdown_table(summary)
+    assert "| configuration | EBC1 test mIoU | EBC2 test mIoU | mean over splits | seeds |" in markdown
+    assert "| matssl | 0.450 ± 0.071 | 0.200 | 0.325 | 2/1 |" in markdown
+    assert "| random | 0.300 | 0.100 | 0.200 | 1/1 |" in markdown
+    # a missing split shows as a dash and leaves the mean over splits undefined
+    partial = semantic_summary(load_semantic_runs({"matssl": tmp_path / "matssl", "one": tmp_path / "random_b"}))
+    assert "| one | — | 0.100 | — | 0/1 |" in semantic_markdown_table(partial)
+
+
+def test_semantic_folders_refuse_duplicates_and_say_where_notebook_runs_keep_results(tmp_path):
+    from semkit.train.compare import load_semantic_runs
+
+    _semantic_result(tmp_path / "a" / "EBC1", "EBC1", 0.4)
+    _semantic_result(tmp_path / "b" / "EBC1", "EBC1", 0.5)
+    with pytest.raises(InputError, match="split EBC1 seed 0 of 'x' appears twice"):
+        load_semantic_runs({"x": [tmp_path / "a", tmp_path / "b"]})
+    run = tmp_path / "02_pretraining-abc"
+    _semantic_result(run / "downstream" / "matssl" / "EBC1", "EBC1", 0.4)
+    with pytest.raises(InputError, match="downstream/<encoder>"):
+        load_semantic_runs({"x": run})
+
+
+def test_compare_command_on_semantic_folders_prints_miou_and_draws_the_split_figure(tmp_path):
+    _semantic_result(tmp_path / "matssl" / "EBC1", "EBC1", 0.4)
+    _semantic_result(tmp_path / "random" / "EBC1", "EBC1", 0.3)
+    figures = tmp_path / "figs"
+    result = CliRunner().invoke(compare, [f"matssl={tmp_path / 'matssl'}", f"random={tmp_path / 'random'}",
+                                          "--published", "MatSSL (paper)=EBC1:0.968", "--figures", str(figures)])
+    assert result.exit_code == 0, result.output
+    assert "| matssl | 0.400 | 0.400 | 1 |" in result.output
+    assert "published MatSSL (paper): EBC1 0.968" in result.output
+    assert "test_iou_class_0" in result.output and "0.8" in result.output  # per-class IoU, 2 × 0.4
+    assert (figures / "miou_by_split.png").stat().st_size > 0
+    # semantic and instance folders do not mix; published figures need semantic runs; malformed ones are refused
+    instance = _fake_run(tmp_path / "inst", {0: 0.5})
+    mixed = CliRunner().invoke(compare, [f"matssl={tmp_path / 'matssl'}", f"maskrcnn={instance}"])
+    assert mixed.exit_code != 0 and "cannot compare semantic" in mixed.output and str(instance) in mixed.output
+    alone = CliRunner().invoke(compare, [f"maskrcnn={instance}", "--published", "x=EBC1:0.9"])
+    assert alone.exit_code != 0 and "only semantic runs" in alone.output
+    bad = CliRunner().invoke(compare, [f"matssl={tmp_path / 'matssl'}", "--published", "x=EBC1"])
+    assert bad.exit_code != 0 and "expected LABEL=SPLIT:VALUE" in bad.output
+
+
+def test_the_split_figure_draws_one_bar_per_configuration_and_split_and_the_published_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from semkit.plotting.evaluation import plot_miou_by_split
+
+    table = pd.DataFrame({"name": ["a", "a", "b", "b", "a"], "split": ["S1", "S2", "S1", "S2", "S1"],
+                          "seed": [0, 0, 0, 0, 1], "test_miou_dataset_level": [0.4, 0.2, 0.3, 0.1, 0.6]})
+    fig = plot_miou_by_split(table, published={"paper": {"S1": 0.9, "S2": 0.8, "S9": 0.1}})
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if p.get_height() > 0)
+    assert heights == [0.1, 0.2, 0.3, 0.5]  # a's S1 bar is the mean of its seeds 0.4 and 0.6
+    ticks = [c for c in ax.collections if c.get_label() == "paper"]
+    assert len(ticks) == 1 and ticks[0].get_offsets().tolist() == [[0.0, 0.9], [1.0, 0.8]]  # S9 is not drawn
