@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 
-def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: int = 0, echo=print) -> dict:
+def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: int = 0, echo=print,
+               figures_dir: str | None = None) -> dict:
     """Time the boxing pipeline on synthetic HAADF images of one to five elements.
 
     Args:
@@ -24,6 +25,8 @@ def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: in
         repeats: runs per image and variant; the per-image median is kept.
         seed: synthetic set seed.
         echo: where to print the report (``None`` = silent).
+        figures_dir: where to draw ``stem_boxes.png`` (the Algorithm 2 boxes on the first ten images) and
+            ``stem_times.png`` (per-image median time of Algorithm 2 and box counts); ``None``: no figures.
 
     Returns:
         ``{"n_images", "size", "repeats", "variants": {name: {"median_ms", "p90_ms", "max_ms", "below_10ms"}},
@@ -41,7 +44,8 @@ def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: in
         "Algorithm 1 (largest first)": lambda r: box_image(r, settings=replace(base, algorithm=1)),
     }
     medians = {name: np.empty(n_images) for name in variants}
-    n_boxes = np.array([box_image(r, settings=base).n_boxes for r in records])  # also warms up imports
+    boxed = [box_image(r, settings=base) for r in records]  # also warms up imports
+    n_boxes = np.array([b.n_boxes for b in boxed])
     for i, rec in enumerate(records):
         times = {name: np.empty(repeats) for name in variants}
         with gc_paused():
@@ -74,6 +78,10 @@ def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: in
         "reduction_total": float(ok.size * GRID_POINTS / ok.sum()) if ok.size else float("nan"),
         "per_image_ms": {name: (1e3 * m).round(3).tolist() for name, m in medians.items()},
     }
+    if figures_dir is not None:
+        paths = _figures(figures_dir, boxed, records, medians["Algorithm 2 (raster)"], n_boxes)
+        if echo is not None:
+            echo("wrote " + ", ".join(map(str, paths)))
     if echo is not None:
         echo(f"STEM boxing on {n_images} synthetic {size}x{size} HAADF images (1-5 elements), "
              f"per-image median of {repeats} runs, variants interleaved")
@@ -85,6 +93,33 @@ def bench_stem(n_images: int = 20, size: int = 1024, repeats: int = 30, seed: in
         echo(f"  point reduction: mean x{result['reduction_mean']:.1f} per image, "
              f"x{result['reduction_total']:.1f} over the set")
     return result
+
+
+def _figures(figures_dir, boxed, records, medians_s: np.ndarray, n_boxes: np.ndarray) -> list:
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from semkit.plotting.stem import plot_box_counts, plot_median_times, plot_overlays
+
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_overlays(boxed, [r.image for r in records], ncols=5, max_images=10)
+    fig.savefig(out / "stem_boxes.png", dpi=80)
+    plt.close(fig)
+    timings = pd.DataFrame({"median_s": medians_s, "n_boxes": n_boxes})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    plot_median_times(timings, ax=axes[0])
+    axes[0].set_title("Algorithm 2, segmentation included", fontsize="medium")
+    plot_box_counts(timings, ax=axes[1])
+    fig.tight_layout()
+    fig.savefig(out / "stem_times.png", dpi=100)
+    plt.close(fig)
+    return [out / "stem_boxes.png", out / "stem_times.png"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,11 +41,13 @@ def bench_metrics(height: int, width: int, n_instances: int, repeats: int, seed:
 @click.option("--repeats", default=30, show_default=True, help="Runs per image; the per-image median is kept.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
-def bench_stem(n_images: int, size: int, repeats: int, seed: int, as_json: bool) -> None:
+@click.option("--figures", "figures_dir", type=click.Path(file_okay=False), default=None,
+              help="Draw stem_boxes.png (boxes on the first images) and stem_times.png here.")
+def bench_stem(n_images: int, size: int, repeats: int, seed: int, as_json: bool, figures_dir: str | None) -> None:
     """STEM boxing time per image (segmentation, Algorithm 1 and 2) and box-count reduction."""
     from semkit.bench.stem import bench_stem as run
 
-    _emit(run(n_images=n_images, size=size, repeats=repeats, seed=seed), as_json)
+    _emit(run(n_images=n_images, size=size, repeats=repeats, seed=seed, figures_dir=figures_dir), as_json)
 
 
 @bench.command("predict")

@@ -77,3 +77,16 @@ def test_benchmark_reports_consistent_figures():
     assert out["boxes_mean"] == pytest.approx(np.mean(counts))
     assert out["reduction_total"] == pytest.approx(3 * 16384 / sum(counts))
     assert any("median" in line for line in lines) and any("reduction" in line for line in lines)
+
+
+def test_benchmark_draws_the_boxes_and_the_time_and_count_histograms(tmp_path):
+    import matplotlib.image
+
+    from semkit.bench.stem import bench_stem
+
+    lines = []
+    bench_stem(n_images=2, size=256, repeats=1, seed=1, echo=lines.append, figures_dir=str(tmp_path))
+    boxes = matplotlib.image.imread(tmp_path / "stem_boxes.png")
+    assert boxes.shape[:2] == (240, 1200)  # one row of five 3-inch panels at 80 dpi (the two images, three blank)
+    assert (tmp_path / "stem_times.png").stat().st_size > 0
+    assert any(str(tmp_path / "stem_boxes.png") in line for line in lines)
