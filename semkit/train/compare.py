@@ -228,12 +228,17 @@ def markdown_table(summary: pd.DataFrame) -> str:
 SEMANTIC_METRIC = "test_miou_dataset_level"
 
 
-def _is_semantic_result(path: Path) -> bool:
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(results, dict) and "split" in results and SEMANTIC_METRIC in results
+def _read_semantic(folder: Path) -> list[tuple[Path, dict]]:
+    """``(path, parsed results)`` of the semantic ``results.json`` of ``folder`` and of its split subfolders."""
+    found = []
+    for path in [folder / RESULTS_FILE, *sorted(folder.glob(f"*/{RESULTS_FILE}"))]:
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(results, dict) and "split" in results and SEMANTIC_METRIC in results:
+            found.append((path, results))
+    return found
 
 
 def semantic_results_files(folder: str | os.PathLike) -> list[Path]:
@@ -241,9 +246,7 @@ def semantic_results_files(folder: str | os.PathLike) -> list[Path]:
 
     Empty when the folder holds none (an instance fine-tuning folder, for example).
     """
-    folder = Path(folder)
-    candidates = [folder / RESULTS_FILE, *sorted(folder.glob(f"*/{RESULTS_FILE}"))]
-    return [p for p in candidates if p.is_file() and _is_semantic_result(p)]
+    return [path for path, _ in _read_semantic(Path(folder))]
 
 
 def load_semantic_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> pd.DataFrame:
@@ -269,14 +272,13 @@ def load_semantic_runs(runs: Mapping[str, str | os.PathLike | Sequence[str | os.
     for name, folders in runs.items():
         folders = [folders] if isinstance(folders, str | os.PathLike) else list(folders)
         for folder in map(Path, folders):
-            files = semantic_results_files(folder)
+            files = _read_semantic(folder)
             if not files:
                 hint = (f" (a notebook 02 run keeps them per encoder: {folder / 'downstream' / '<encoder>'})"
                         if (folder / "downstream").is_dir() else "")
                 raise InputError(f"no semantic {RESULTS_FILE} (with 'split' and '{SEMANTIC_METRIC}') in the "
                                  f"folder of {name!r} or its subfolders{hint}", folder)
-            for path in files:
-                results = json.loads(path.read_text())
+            for path, results in files:
                 seed = results.get("config", {}).get("seed")
                 if any(r["name"] == name and r["split"] == results["split"] and r["seed"] == seed for r in rows):
                     raise InputError(f"split {results['split']} seed {seed} of {name!r} appears twice", path)
