@@ -10,7 +10,8 @@ from semkit.cli import main
 def test_every_command_is_registered():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    for name in ("data", "curate", "evaluate", "stem-box", "bench", "demo", "predict", "pretrain", "finetune", "install-minkowski"):
+    for name in ("data", "curate", "evaluate", "stem-box", "bench", "demo", "predict", "pretrain", "finetune",
+                 "finetune-semantic", "compare", "install-minkowski"):
         assert f"  {name} " in result.output
 
 

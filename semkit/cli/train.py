@@ -17,6 +17,21 @@ def _parse_value(text: str):
         return text
 
 
+def _config_values(config_file: str | None, settings: tuple[str, ...], config_class) -> dict:
+    """The fields of ``config_class`` from a saved config file, overridden by ``--set KEY=VALUE`` items."""
+    values = json.loads(Path(config_file).read_text()) if config_file else {}
+    known = {f.name for f in dataclasses.fields(config_class)}
+    for item in settings:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        key, value = item.split("=", 1)
+        if key not in known:
+            raise click.BadParameter(f"unknown field {key!r}; fields: {', '.join(sorted(known))}",
+                                     param_hint="--set")
+        values[key] = _parse_value(value)
+    return values
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A finetune_config.json (e.g. from an earlier run); --set values override it.")
@@ -34,16 +49,7 @@ def finetune(config_file: str | None, settings: tuple[str, ...], output_dir: str
     from semkit.train.finetune import FinetuneConfig
     from semkit.train.finetune import finetune as run_finetune
 
-    values = json.loads(Path(config_file).read_text()) if config_file else {}
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    for item in settings:
-        if "=" not in item:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        if key not in known:
-            raise click.BadParameter(f"unknown field {key!r}; fields: {', '.join(sorted(known))}",
-                                     param_hint="--set")
-        values[key] = _parse_value(value)
+    values = _config_values(config_file, settings, FinetuneConfig)
     if output_dir is not None:
         values["output_dir"] = output_dir
     try:
@@ -54,6 +60,56 @@ def finetune(config_file: str | None, settings: tuple[str, ...], output_dir: str
     test = results.get("test", {})
     click.echo(f"{results.get('method')}: test AJI+ {test.get('aji_plus')} "
                f"(results in {Path(config.output_dir) / 'results.json'})")
+
+
+@click.command("finetune-semantic")
+@click.option("--encoder", default=None, metavar="PATH",
+              help="Encoder checkpoint (semkit pretrain / notebook 02's encoder.pt), or 'imagenet' (downloads "
+                   "timm weights); default: random initialisation.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of the splits (<root>/<split>/{train,val,test} and *_annot); default: the config's "
+                   "root, else ../shared/data/nasa-ebc.")
+@click.option("--split", "splits", multiple=True,
+              help="Split folder (repeatable); default: the config's split, else EBC1, EBC2 and EBC3.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A finetune_config.json of an earlier semantic run (notebook 02's downstream/<encoder>/<split>); "
+                   "--set values override it.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A SemanticFinetuneConfig field, e.g. --set epochs=6 --set crop=128 --set seed=1.")
+@click.option("--out", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="Parent folder: each split's run goes to <out>/<split> (config, checkpoints, results.json).")
+def finetune_semantic(encoder: str | None, root: str | None, splits: tuple[str, ...], config_file: str | None,
+                      settings: tuple[str, ...], output_dir: str) -> None:
+    """Fine-tune a U-Net++ (semantic segmentation, e.g. NASA EBC) from an encoder on each split; test mIoU.
+
+    The same fine-tuning as notebook 02's downstream section, for one encoder: rerun a baseline with another
+    seed, or score an encoder pretrained elsewhere. Prints the per-split test scores; `semkit compare` reads the
+    output folder. Example (the random baseline of a notebook 02 run, seed 1):
+
+    semkit finetune-semantic --config RUN/downstream/random/EBC1/finetune_config.json --set seed=1
+    --split EBC1 --split EBC2 --split EBC3 --out runs/random_seed1
+    """
+    from semkit.errors import InputError
+    from semkit.ssl.matssl_downstream import (
+        DEFAULT_ROOT,
+        EBC_SPLITS,
+        SemanticFinetuneConfig,
+        finetune_semantic_splits,
+    )
+
+    values = _config_values(config_file, settings, SemanticFinetuneConfig)
+    saved_split, saved_root = values.pop("split", None), values.pop("root", None)  # finetune_config.json keeps them
+    values.pop("output_dir", None)  # every split gets its own folder under --out
+    splits = splits or ((saved_split,) if saved_split else EBC_SPLITS)
+    root = root or saved_root or DEFAULT_ROOT
+    try:
+        config = SemanticFinetuneConfig(**values)
+        table = finetune_semantic_splits(encoder, root, splits, output_dir=output_dir, config=config)
+    except (InputError, KeyError, TypeError) as err:
+        raise click.ClickException(str(err)) from err
+    columns = [c for c in ("test_miou_dataset_level", "test_miou_image_averaged", "best_val_miou") if c in table]
+    click.echo(table[columns].round(4).to_string())
+    click.echo(f"results in {Path(output_dir)}/<split>/results.json")
 
 
 @click.command("compare")
@@ -196,7 +252,7 @@ def _compare_semantic(named: dict[str, list[str]], figures_dir: str | None, as_j
         click.echo(f"wrote {out / 'miou_by_split.png'}")
 
 
-commands = [finetune, compare]
+commands = [finetune, finetune_semantic, compare]
 
 if __name__ == "__main__":  # pragma: no cover
     finetune()

@@ -265,6 +265,30 @@ def test_finetune_semantic_on_a_synthetic_split(tmp_path):
     assert row["test_miou_dataset_level"] == pytest.approx(result.test_miou)
 
 
+def test_finetune_semantic_cli_reruns_a_saved_config(tmp_path):
+    """`semkit finetune-semantic --config <a run's finetune_config.json>` is the same computation as the run."""
+    from click.testing import CliRunner
+
+    from semkit.cli import main
+
+    root = write_semantic_split(tmp_path / "data")
+    first = finetune_semantic(None, root, "SYN", epochs=1, crop=64, backbone="convnextv2_atto", batch_size=3,
+                              crops_per_image=1, eval_tile=None, accelerator="cpu", output_dir=str(tmp_path / "a"))
+    runner = CliRunner()
+    out = runner.invoke(main, ["finetune-semantic", "--config", str(tmp_path / "a" / "finetune_config.json"),
+                               "--out", str(tmp_path / "b")])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "b" / "SYN" / "results.json").read_text())  # split and root from the config
+    assert saved["test_miou_dataset_level"] == pytest.approx(first.test_miou, abs=1e-12)
+    assert saved["encoder"] == "random" and saved["config"]["output_dir"] == str(tmp_path / "b" / "SYN")
+    assert f"{first.test_miou:.4f}" in out.output
+    bad = runner.invoke(main, ["finetune-semantic", "--set", "epoch=2", "--out", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "unknown field 'epoch'" in bad.output
+    missing = runner.invoke(main, ["finetune-semantic", "--root", str(root), "--split", "NOPE", "--set", "crop=64",
+                                   "--out", str(tmp_path / "d")])
+    assert missing.exit_code != 0 and "NOPE" in missing.output
+
+
 @pytest.mark.shared_data
 def test_finetune_semantic_on_nasa_ebc2_quick(nasa_ebc_dir, tmp_path):
     result = finetune_semantic(None, nasa_ebc_dir, "EBC2", epochs=1, crop=64, backbone="convnextv2_atto",
