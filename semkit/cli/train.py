@@ -84,10 +84,12 @@ def finetune_semantic(encoder: str | None, root: str | None, splits: tuple[str, 
 
     The same fine-tuning as notebook 02's downstream section, for one encoder: rerun a baseline with another
     seed, or score an encoder pretrained elsewhere. Prints the per-split test scores; `semkit compare` reads the
-    output folder. Example (the random baseline of a notebook 02 run, seed 1):
+    output folder. A config's root is relative to where its run ran (notebooks/ for notebook 02): give --root
+    when running from elsewhere. Example (the random baseline of a notebook 02 run, seed 1, from the repository):
 
-    semkit finetune-semantic --config RUN/downstream/random/EBC1/finetune_config.json --set seed=1
-    --split EBC1 --split EBC2 --split EBC3 --out runs/random_seed1
+    \b
+    semkit finetune-semantic --config RUN/downstream/random/EBC1/finetune_config.json --set seed=1 \\
+      --root ../shared/data/nasa-ebc --split EBC1 --split EBC2 --split EBC3 --out runs/random_seed1
     """
     from semkit.errors import InputError
     from semkit.ssl.matssl_downstream import (
