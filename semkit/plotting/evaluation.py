@@ -209,6 +209,7 @@ def plot_metric_vs_pretraining_size(study: pd.DataFrame, metric: str = "aji_plus
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import NullLocator
 
     _need(study, [x, hue, metric], "plot_metric_vs_pretraining_size")
     if backbone == "largest" and {"backbone", "backbone_params_m"} <= set(study.columns):
@@ -226,6 +227,10 @@ def plot_metric_vs_pretraining_size(study: pd.DataFrame, metric: str = "aji_plus
         sns.lineplot(pretrained, x=x, y=metric, hue=hue, marker="o", errorbar="se", err_style="band", ax=ax,
                      palette={k: v for k, v in palette.items() if k in set(pretrained[hue])})
         ax.set_xscale("log")
+        # tick the measured set sizes in plain numbers (1, 2, 4, ... 53), not the log scale's powers of ten
+        sizes = np.sort(pretrained[x].unique())
+        ax.set_xticks(sizes, [f"{v:g}" for v in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
     for name, part in reference.groupby(hue, sort=False):
         values = part[metric].to_numpy()
         mean = values.mean()

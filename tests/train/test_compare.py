@@ -235,3 +235,22 @@ def test_the_split_figure_draws_one_bar_per_configuration_and_split_and_the_publ
     assert heights == [0.1, 0.2, 0.3, 0.5]  # a's S1 bar is the mean of its seeds 0.4 and 0.6
     ticks = [c for c in ax.collections if c.get_label() == "paper"]
     assert len(ticks) == 1 and ticks[0].get_offsets().tolist() == [[0.0, 0.9], [1.0, 0.8]]  # S9 is not drawn
+
+
+def test_the_pretraining_size_curve_is_the_mean_per_size_ticked_at_the_measured_sizes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from semkit.plotting.evaluation import plot_metric_vs_pretraining_size
+
+    study = pd.DataFrame({"pretrain_images": [0, 0, 1, 1, 8, 8, 53, 53],
+                          "pretraining": ["none", "none"] + ["fcmae"] * 6,
+                          "aji_plus": [0.3, 0.4, 0.4, 0.6, 0.5, 0.5, 0.7, 0.5]})
+    fig = plot_metric_vs_pretraining_size(study)
+    ax = fig.axes[0]
+    curve = ax.lines[0]
+    assert curve.get_xdata().tolist() == [1, 8, 53] and curve.get_ydata().tolist() == pytest.approx([0.5, 0.5, 0.6])
+    assert ax.get_xticks().tolist() == [1, 8, 53]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8", "53"]
+    reference = [line for line in ax.lines if line.get_label() == "none (no pretraining)"]
+    assert len(reference) == 1 and reference[0].get_ydata()[0] == pytest.approx(0.35)  # mean of the scratch runs
