@@ -169,7 +169,7 @@ SHIPPED = {"demo": {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune
            "bam_methods": {"learned": 15, "classical": 1},
            "bam_methods_cpu": {"maskrcnn": 12, "maskrcnn_uncertainty": 3, "unet": 3, "classical": 1},
            "matssl_ebc": {"pretrain": 6},
-           "matssl_ebc_cpu": {"pretrain": 4},
+           "matssl_ebc_cpu": {"pretrain": 6},
            "ssl_pico_cpu": {"pretrain": 2, "finetune": 6, "finetune_scratch": 3},
            "stem_timing": {"06_stem_boxing": 6},
            "my_data": {"curate": 1, "pretrain": 1, "finetune_pretrained": 3, "finetune_scratch": 3}}
@@ -239,7 +239,8 @@ def test_shipped_cpu_ssl_specs_pairing():
     # matssl_ebc_cpu: the random U-Net++ baseline is fine-tuned once per seed, in the MatSSL run
     ebc = plan_batch(load_spec("matssl_ebc_cpu"), "/nowhere/matssl_ebc_cpu")
     assert sorted((r.parameters["method"], r.parameters["downstream_baseline"], r.parameters["seed"]) for r in ebc) == [
-        ("matssl", True, 0), ("matssl", True, 1), ("mocov2", False, 0), ("mocov2", False, 1)]
+        ("matssl", True, 0), ("matssl", True, 1), ("matssl", True, 2),
+        ("mocov2", False, 0), ("mocov2", False, 1), ("mocov2", False, 2)]
 
 
 def test_dry_run_lists_runs(tmp_path):
