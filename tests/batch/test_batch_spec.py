@@ -165,7 +165,7 @@ SHIPPED = {"demo": {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune
                     "features": 1, "stem": 1},
            "backbone_sweep": {"pretrain": 16, "finetune_pretrained": 48, "finetune_baselines": 48},
            "pretraining_size": {"pretrain": 24, "finetune": 24, "finetune_scratch": 3},
-           "pretraining_size_cpu": {"pretrain": 14, "finetune": 14, "finetune_scratch": 2},
+           "pretraining_size_cpu": {"pretrain": 21, "finetune": 21, "finetune_scratch": 3},
            "bam_methods": {"learned": 15, "classical": 1},
            "bam_methods_cpu": {"maskrcnn": 12, "maskrcnn_uncertainty": 3, "unet": 3, "classical": 1},
            "matssl_ebc": {"pretrain": 6},
