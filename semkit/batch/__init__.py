@@ -11,7 +11,13 @@ batch tools and reports read those files, never the notebook JSON.
 """
 
 from semkit.batch.collect import collect
-from semkit.batch.execute import NOTEBOOK_DIR, execute_notebook, read_results, write_results
+from semkit.batch.execute import (
+    NOTEBOOK_DIR,
+    NotebookExecutionError,
+    execute_notebook,
+    read_results,
+    write_results,
+)
 from semkit.batch.report import render_report, study_table
 from semkit.batch.runner import (
     EXECUTORS,
@@ -46,6 +52,7 @@ __all__ = [
     "batch_dir_for",
     "batch_status",
     "collect",
+    "NotebookExecutionError",
     "execute_notebook",
     "execute_run",
     "load_spec",

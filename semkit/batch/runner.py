@@ -106,7 +106,7 @@ def _status(run: Run, state: str, **extra) -> dict[str, Any]:
 
 def _error_details(exc: BaseException) -> tuple[str, str]:
     """One-line error and the traceback; for a failing cell, the notebook's own traceback."""
-    if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
+    if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # NotebookExecutionError: a cell failed
         tb = "\n".join(ANSI_RE.sub("", line) for line in getattr(exc, "traceback", []) or [])
         return f"{exc.ename}: {exc.evalue}", tb
     return f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
@@ -294,7 +294,8 @@ def run_batch(spec: BatchSpec | str | Path, runs_root: str | Path = "papermill_r
 
 
 def _run_local(todo: list[Run], workers: int):
-    """Yield ``(run, status)`` as runs finish; threads suffice since each run executes in its own kernel."""
+    """Yield ``(run, status)`` as runs finish; threads suffice since each run executes in a process (and a kernel)
+    of its own, started in its notebook's folder: the driver's working directory never changes."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     pool = ThreadPoolExecutor(max_workers=workers)

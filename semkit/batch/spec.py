@@ -182,7 +182,9 @@ def load_spec(spec: str | Path | Mapping, notebook_dir: str | Path = NOTEBOOK_DI
     if isinstance(spec, Mapping):
         raw, path, where = dict(spec), None, "<spec>"
     else:
-        path = resolve_spec_path(spec)
+        # absolute once, here: notebook paths in the spec are relative to its folder, whatever the caller's
+        # working directory later is
+        path = resolve_spec_path(spec).absolute()
         where = str(path)
         try:
             raw = yaml.safe_load(path.read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -26,6 +27,8 @@ def demo(out_dir: str, figures_dir: str, only: tuple[str, ...], workers: int, fo
     from semkit.cli.batch import select_stages
 
     start = time.perf_counter()
+    # resolved once, against the folder the command was started in, before any run starts
+    out_dir, figures_dir = str(Path(out_dir).resolve()), str(Path(figures_dir).resolve())
     try:
         spec = load_spec(SPEC_DIR / "demo.yaml")
         summary = run_batch(spec, out_dir, figures_dir, workers=workers, force=force,

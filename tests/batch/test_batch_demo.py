@@ -7,6 +7,7 @@ About 4-5 minutes on the 2-core development CPU (other jobs sharing it).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,11 +21,16 @@ STAGES = {"curate": 1, "pretrain": 2, "finetune_scratch": 4, "finetune_fcmae": 4
           "stem": 1}
 
 
-def test_demo_batch_runs_collects_and_reports(tmp_path):
-    args = ["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figures")]
+def test_demo_batch_runs_collects_and_reports(tmp_path, monkeypatch):
+    # relative --out/--figures, as `make demo` passes them (its defaults): runs execute two at a time and must
+    # not move the process's working directory, or the report looks for the batch in the wrong folder
+    monkeypatch.chdir(tmp_path)
+    args = ["--out", "runs", "--figures", "figures"]
     result = CliRunner().invoke(demo, args)
     assert result.exit_code == 0, result.output
     assert "demo: 14 runs: 14 done, 0 skipped" in result.output
+    assert Path.cwd() == tmp_path
+    assert f"report -> {tmp_path / 'figures' / 'demo' / 'report.html'}" in result.output
 
     table = pd.read_parquet(tmp_path / "runs" / "demo" / "results.parquet")
     assert table.groupby("stage").size().to_dict() == STAGES

@@ -183,3 +183,49 @@ def test_submitit_local_executor(tmp_path):
     assert len(again.skipped) == 3 and len(again.failed) == 1
     with pytest.raises(ValueError, match="unknown executor 'pbs'; choose one of: local, slurm, submitit-local"):
         run_batch(path, tmp_path / "runs", executor="pbs")
+
+
+CWD_CODE = '''import os
+import time
+from pathlib import Path
+
+from semkit.batch import write_results
+
+time.sleep(0.5)  # keep the runs overlapping
+Path(figures_dir, "toy.txt").write_text("figure")
+write_results(output_dir, {"kernel_cwd": os.getcwd(), "x": x})'''
+
+
+def test_parallel_runs_never_move_the_working_directory(tmp_path, monkeypatch):
+    """Runs execute from threads; none may os.chdir the process (papermill's cwd= does), or relative paths of
+    the caller and of the other runs resolve against the wrong folder (`make demo` lost its batch.json)."""
+    from batch_helpers import make_notebook
+
+    nb_dir = tmp_path / "nbs"
+    make_notebook(nb_dir / "where.ipynb", 'x: int = 0  # grid value\noutput_dir: str = "."\nfigures_dir: str = "."',
+                  CWD_CODE)
+    start = tmp_path / "start"
+    start.mkdir()
+    write_spec(start / "where.yaml", {"name": "where", "notebook": "../nbs/where.ipynb", "grid": {"x": [1, 2, 3, 4]},
+                                      "timeout_s": 120})
+    monkeypatch.chdir(start)
+    moves: list[str] = []
+    real_chdir = os.chdir
+
+    def spy(path):
+        moves.append(str(path))
+        real_chdir(path)
+
+    monkeypatch.setattr(os, "chdir", spy)
+    summary = run_batch("where.yaml", "runs", "figs", workers=4, progress=False)  # all relative
+    assert summary.ok and len(summary.done) == 4
+    assert moves == [] and os.getcwd() == str(start)
+    runs = plan_batch(load_spec(start / "where.yaml"), start / "runs" / "where")
+    for run in runs:
+        folder = start / "runs" / "where" / run.run_id
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["x"] == run.parameters["x"]
+        assert metrics["kernel_cwd"] == str(nb_dir.resolve())  # the notebook still runs in its own folder
+        assert (start / "figs" / "where" / run.run_id / "toy.txt").read_text() == "figure"
+    assert (start / "runs" / "where" / "batch.json").is_file()
+    assert not (nb_dir / "runs").exists() and not (nb_dir / "figs").exists()
