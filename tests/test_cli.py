@@ -30,3 +30,18 @@ def test_demo_rejects_an_unknown_notebook_selection():
     result = CliRunner().invoke(main, ["demo", "--only", "99"])
     assert result.exit_code != 0
     assert "no notebooks selected" in result.output
+
+
+def test_commands_are_imported_only_when_they_run():
+    import importlib
+    import subprocess
+    import sys
+
+    from semkit.cli import COMMANDS
+
+    for name, module in COMMANDS.items():  # every entry names a module that defines the command
+        assert name in [c.name for c in importlib.import_module(f"semkit.cli.{module}").commands]
+    code = ("import sys; from semkit.cli import main; main(['predict', '--help'], standalone_mode=False); "
+            "print('lightning' in sys.modules, 'semkit.ssl.pretrain' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
