@@ -37,7 +37,9 @@ from torch import nn
 from semkit.data.databar import detect_databar
 from semkit.errors import InputError
 from semkit.inference.tiles import Detections, check_detections, predict_tiled
+from semkit.models.classical import ClassicalSegmenter
 from semkit.models.postprocess import CombineThresholds
+from semkit.models.unet import UNetPostprocess, predict_unet
 
 #: Input sizes the study shrank before inference: (H, W) → (H, W).
 STUDY_RESIZE: dict[tuple[int, int], tuple[int, int]] = {(4800, 7680): (1200, 1920)}
@@ -111,6 +113,26 @@ class TorchDetector:
         )
 
 
+class LabelPredictor:
+    """A model that returns an instance label map directly (U-Net, classical pipeline) instead of detections:
+    :func:`predict_image` runs it on the whole (databar-cropped) image; its particles have no objectness or
+    confidence and count as certain.
+
+    Args:
+        segment: ``image (H, W) float32 in [0, 1] → int (H, W) label map``.
+        kind: ``"unet"`` or ``"classical"`` (for messages and the summary).
+    """
+
+    thresholds = None
+
+    def __init__(self, segment, kind: str):
+        self.segment = segment
+        self.kind = kind
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return np.asarray(self.segment(image), dtype=np.int32)
+
+
 def as_detector(model_or_session, device: str = "cpu"):
     """A detector callable for a model, an onnxruntime session, a detector, or a saved model path.
 
@@ -147,7 +169,7 @@ def load_predictor(path: str | os.PathLike, device: str = "cpu"):
 
     Returns:
         A :class:`TorchDetector` or :class:`~semkit.inference.onnx.OnnxDetector` whose ``thresholds`` are the
-        ones saved with the model.
+        ones saved with the model; for a U-Net or classical model folder a :class:`LabelPredictor`.
 
     Raises:
         InputError: naming ``path`` when it is neither.
@@ -160,9 +182,11 @@ def load_predictor(path: str | os.PathLike, device: str = "cpu"):
         return OnnxDetector(p, device=device)
     if is_model_folder(p) or (p.is_file() and is_model_folder(p.parent)):
         model, thresholds, _ = load_model(p)
-        if not isinstance(thresholds, CombineThresholds):  # a U-Net: no detections to tile and stitch
-            raise InputError("this is a U-Net model folder; particle prediction here needs a Mask R-CNN -- "
-                             "predict with semkit.models.predict_unet(model, images, thresholds) instead", p)
+        if isinstance(model, ClassicalSegmenter):
+            return LabelPredictor(model, "classical")
+        if isinstance(thresholds, UNetPostprocess):
+            torch_device = _torch_device(device)
+            return LabelPredictor(lambda image: predict_unet(model, [image], thresholds, torch_device)[0], "unet")
         return TorchDetector(model, device, thresholds)
     raise InputError("not a model: expected a folder written by semkit.models.io.save_model (config.json + "
                      "weights.pt) or an .onnx file written by semkit.inference.onnx.export_onnx", p)
@@ -299,7 +323,11 @@ def predict_image(
     def checked(window: np.ndarray) -> Detections:
         return check_detections(detector(window), window.shape, name)
 
-    labels, table = predict_tiled(checked, work, th, tile=tile, overlap=overlap)
+    if isinstance(detector, LabelPredictor):  # whole image at once: no detections to tile and stitch
+        labels = detector(work)
+        table = _label_table(labels)
+    else:
+        labels, table = predict_tiled(checked, work, th, tile=tile, overlap=overlap)
     if bar:
         labels = np.pad(labels, ((0, bar), (0, 0)))
     return Prediction(
@@ -307,6 +335,15 @@ def predict_image(
         pixel_size_nm=None if pixel_size_nm is None else float(pixel_size_nm) * scale,
         scale=scale, databar_rows=int(bar), source=name or "", seconds=time.perf_counter() - t0,
     )
+
+
+def _label_table(labels: np.ndarray) -> pd.DataFrame:
+    """The particle table of a label map without scores (U-Net, classical): ids, areas; certain, no confidence."""
+    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    n = len(ids)
+    return pd.DataFrame({"id": ids.astype(np.int32), "objectness": np.full(n, np.nan), "confidence": np.full(n, np.nan),
+                         "certain": np.ones(n, dtype=bool), "area_px": areas.astype(np.int64),
+                         "tile": np.zeros(n, dtype=np.int64), "pieces": np.ones(n, dtype=np.int64)})
 
 
 def predict_file(model_or_session, path: str | os.PathLike, pixel_size_nm: float | None = None,

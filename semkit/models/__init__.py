@@ -12,7 +12,7 @@ from semkit.models.backbones import (
     encoder_state_dict,
     load_encoder_state_dict,
 )
-from semkit.models.classical import segment_classical
+from semkit.models.classical import ClassicalConfig, ClassicalSegmenter, segment_classical
 from semkit.models.io import load_model, save_model
 from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds, combine_detections, combine_masks
@@ -41,6 +41,8 @@ def get_segmenter(name: str):
 
 
 __all__ = [
+    "ClassicalConfig",
+    "ClassicalSegmenter",
     "load_model",
     "save_model",
     "BACKBONES",

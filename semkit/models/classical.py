@@ -17,6 +17,7 @@ the watershed transformation" (1993); van der Walt et al., "scikit-image", PeerJ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -25,9 +26,42 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_local, threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
+from semkit.config import JsonConfig
 from semkit.errors import InputError
 
 THRESHOLDS = ("otsu", "local")
+
+
+@dataclass
+class ClassicalConfig(JsonConfig):
+    """The parameters of :func:`segment_classical` (what ``semkit finetune --set model=classical`` tunes on the
+    validation images), saved as ``config.json`` of a classical model folder (:func:`semkit.models.io.save_classical`)."""
+
+    sigma: float = 2.0
+    threshold: str = "otsu"
+    block_size: int = 101
+    local_margin: float = 0.05
+    min_distance: int = 7
+    min_area: int = 20
+    bright_particles: bool = True
+    fill_holes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"unknown threshold {self.threshold!r}; choose one of: {', '.join(THRESHOLDS)}")
+
+
+class ClassicalSegmenter:
+    """The classical pipeline with fixed parameters, used like a trained model: ``segmenter(image)`` → labels."""
+
+    def __init__(self, config: ClassicalConfig | None = None):
+        self.config = config or ClassicalConfig()
+
+    def __call__(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
+        return segment_classical(image, source=source, **self.config.to_dict())
+
+    def __repr__(self) -> str:
+        return f"ClassicalSegmenter({self.config})"
 
 
 def segment_classical(

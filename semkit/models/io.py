@@ -11,6 +11,10 @@ A model folder holds:
 * ``meta.json`` -- which builder to call (``"model": "maskrcnn"`` or ``"unet"``), a format version and the
   caller's ``extra`` dictionary (training settings, metrics, the data split...).
 
+A **classical** model folder (:func:`save_classical`) holds only ``config.json`` (the tuned
+:class:`semkit.models.classical.ClassicalConfig`) and ``meta.json`` with ``"model": "classical"``: it has no
+weights, yet :func:`load_model` and ``semkit predict`` take it like any other model.
+
 :func:`load_model` rebuilds the architecture with *random* initialisation whatever ``config.init`` says (the
 original value stays in ``config.json`` for the record), so reloading never touches the network or a
 pretraining checkpoint that may no longer exist, and then loads every tensor from ``weights.pt``.
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from semkit.errors import InputError
+from semkit.models.classical import ClassicalConfig, ClassicalSegmenter
 from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds
 from semkit.models.unet import UNetConfig, UNetPostprocess, build_unet_model
@@ -89,6 +94,28 @@ def save_model(
     return folder
 
 
+def save_classical(config: ClassicalConfig | dict, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the classical pipeline's parameters as a model folder (``config.json`` + ``meta.json``).
+
+    Args:
+        config: a :class:`ClassicalConfig` or the keyword arguments of :func:`semkit.models.segment_classical`
+            (e.g. what :func:`semkit.train.thresholds.search_classical` picked on validation).
+        path: folder to create.
+        extra: JSON-serialisable metadata stored in ``meta.json``.
+    """
+    config = config if isinstance(config, ClassicalConfig) else ClassicalConfig.from_dict(dict(config))
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "model": "classical", "extra": dict(extra or {})}
+    try:
+        meta_text = json.dumps(meta, indent=2)
+    except TypeError as err:
+        raise TypeError(f"extra must be JSON-serialisable: {err}") from err
+    config.save(folder / CONFIG_FILE)
+    (folder / META_FILE).write_text(meta_text)
+    return folder
+
+
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds | UNetPostprocess, dict]:
     """Rebuild a model saved by :func:`save_model`, in eval mode on the CPU.
 
@@ -97,7 +124,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds | 
 
     Returns:
         ``(model, thresholds, extra)``. ``model_settings(model).init`` is the value it was trained with; the weights
-        come only from ``weights.pt``.
+        come only from ``weights.pt``. For a classical folder: ``(ClassicalSegmenter, None, extra)``.
 
     Raises:
         InputError: the folder or one of its files is missing, unreadable, or the weights do not fit the
@@ -110,8 +137,15 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds | 
         raise InputError("model folder not found", folder)
     meta = _read_json(folder / META_FILE) if (folder / META_FILE).exists() else {"model": "maskrcnn"}
     kind = meta.get("model", "maskrcnn")
+    if kind == "classical":
+        try:
+            config = ClassicalConfig.from_dict(_read_json(folder / CONFIG_FILE))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"invalid classical settings: {err}", folder / CONFIG_FILE) from err
+        return ClassicalSegmenter(config), None, dict(meta.get("extra", {}))
     if kind not in MODEL_KINDS:
-        raise InputError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}", folder / META_FILE)
+        raise InputError(f"unknown model kind {kind!r}; known: {', '.join([*MODEL_KINDS, 'classical'])}",
+                         folder / META_FILE)
     config_cls, builder, thresholds_cls = MODEL_KINDS[kind]
     raw = _read_json(folder / CONFIG_FILE)
     known = {f.name for f in fields(config_cls)}
@@ -142,7 +176,14 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, CombineThresholds | 
 def is_model_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a folder written by :func:`save_model`."""
     p = Path(path)
-    return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+    if not (p.is_dir() and (p / CONFIG_FILE).is_file()):
+        return False
+    if (p / WEIGHTS_FILE).is_file():
+        return True
+    try:
+        return json.loads((p / META_FILE).read_text()).get("model") == "classical"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def model_settings(model: nn.Module):

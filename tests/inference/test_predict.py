@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import tifffile
+import torch
 from inference_helpers import KEEP_ALL, gray_image
 
 from semkit.errors import InputError
@@ -136,11 +137,41 @@ def test_as_detector_rejects_unknown_objects(tmp_path):
         as_detector(3)
     with pytest.raises(InputError, match="not a model"):
         as_detector(tmp_path)
-    from semkit.models import build_unet_model, save_model
 
-    unet = save_model(build_unet_model(), tmp_path / "unet")
-    with pytest.raises(InputError, match="U-Net model folder.*predict_unet"):
-        as_detector(unet)
+
+def test_unet_and_classical_model_folders_predict_label_maps(tmp_path):
+    from semkit.data.synthetic import SyntheticConfig, make_sem_dataset
+    from semkit.inference.predict import LabelPredictor
+    from semkit.models import ClassicalConfig, build_unet_model, predict_unet, save_model, segment_classical
+    from semkit.models.io import is_model_folder, load_model, save_classical
+    from semkit.models.unet import UNetPostprocess
+
+    rec = make_sem_dataset(1, seed=4, config=SyntheticConfig(height=96, width=128, n_particles=(6, 9)))[0]
+    params = {"sigma": 1.0, "threshold": "otsu", "min_distance": 4, "min_area": 8}
+    folder = save_classical(params, tmp_path / "classical", extra={"val_aji_plus": 0.5})
+    assert is_model_folder(folder) and not (folder / "weights.pt").exists()
+    segmenter, thresholds, extra = load_model(folder)
+    assert thresholds is None and extra == {"val_aji_plus": 0.5}
+    assert segmenter.config == ClassicalConfig(**params)
+    predictor = as_detector(folder)
+    assert isinstance(predictor, LabelPredictor) and predictor.kind == "classical"
+    pred = predict_image(folder, rec.image, crop_databar=False)
+    expected = segment_classical(rec.image, **params)
+    np.testing.assert_array_equal(pred.labels, expected)
+    assert len(pred.table) == expected.max() > 0
+    np.testing.assert_array_equal(pred.table["area_px"], np.bincount(expected.ravel())[1:])
+    assert pred.table["certain"].all() and pred.table["confidence"].isna().all()
+
+    torch.manual_seed(0)
+    unet = build_unet_model()
+    post = UNetPostprocess(foreground_threshold=0.4, seed_threshold=0.6, min_area=3)
+    udir = save_model(unet, tmp_path / "unet", post)
+    assert as_detector(udir).kind == "unet"
+    pred = predict_image(udir, rec.image, crop_databar=False)
+    np.testing.assert_array_equal(pred.labels, predict_unet(unet, [rec.image], post)[0])
+    with pytest.raises(InputError, match="invalid classical settings"):
+        (folder / "config.json").write_text('{"sigma": 1.0, "threshold": "sideways"}')
+        load_model(folder)
 
 
 def test_peak_memory_of_several_hundred_detections_on_1920x1200():
