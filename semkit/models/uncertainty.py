@@ -28,14 +28,21 @@ Confidence γ ∈ [0, 1] of a particle is the expected bin centre ``γ = Σ_c p_
 a particle is *certain* when γ > 0.5. The post-processing of the study splits detections by the most probable
 bin instead (argmax ≥ k/2, :func:`certain_by_max_bin`); both agree unless the distribution is bimodal.
 
-Gradient flow: the study presents the head as an addition that leaves the detection branches unchanged, so by
-default (``detach_features=True``) the head reads *detached* box features: its loss trains only the head and
-never changes the backbone, RPN, box or mask weights. ``detach_features=False`` lets the uncertainty loss shape
-the shared box representation too (a multi-task variant).
+Gradient flow: the study trains the network on the sum of the Mask R-CNN losses and the confidence loss,
+L = L1 + L2, so by default (``detach_features=False``) the head's loss reaches the shared layers (box head,
+pyramid, encoder) like every other loss. ``detach_features=True`` reads *detached* box features instead: the
+head's loss then trains only its own layer and never changes the detector (semkit's default until the
+budgeted recipe; kept as an option, compared in BENCHMARKS.md).
+
+Label noise: with ``c ∈ {0, 1}`` and σ, a target leaves its end bin only when the noise points inwards by more
+than one bin width 1/k (outward noise is clipped back into the end bin), i.e. for a fraction
+Φ(−1/(k σ)) of the targets (:func:`label_noise_spread`): 4.8 % at the study's k = 6 and σ = 0.1, 20 % at
+σ = 0.2. Small σ thus leaves almost every target on the two extreme bins.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,7 +60,8 @@ class UncertaintyConfig:
         label_noise_std: σ of the Gaussian label noise added to the 0/1 certainty targets.
         distance_scale: ξ (in bins) of the near-miss weight exp(−|b − c| / ξ); 0 gives plain weighted CE.
         bin_weights: w_c per bin (length k), e.g. to balance rare uncertain particles; ``None`` = all ones.
-        detach_features: head reads detached RoI features (does not train the shared layers); see module doc.
+        detach_features: head reads detached RoI features (its loss does not train the shared layers); the
+            default ``False`` is the study's joint loss L = L1 + L2; see the module doc.
         loss_weight: factor on the uncertainty loss before it is added to the Mask R-CNN losses.
         in_features: size of the RoI box representation (1024 for torchvision's TwoMLPHead).
     """
@@ -62,7 +70,7 @@ class UncertaintyConfig:
     label_noise_std: float = 0.1
     distance_scale: float = 1.0
     bin_weights: tuple[float, ...] | None = None
-    detach_features: bool = True
+    detach_features: bool = False
     loss_weight: float = 1.0
     in_features: int = 1024
 
@@ -171,3 +179,14 @@ def certain_by_max_bin(probs: torch.Tensor) -> torch.Tensor:
     """The study's split: a detection is certain when its most probable bin is in the upper half (≥ k/2)."""
     k = probs.shape[-1]
     return probs.argmax(dim=-1) >= k / 2
+
+
+def label_noise_spread(noise_std: float, num_bins: int) -> float:
+    """Share of noisy 0/1 targets that leave their end bin: ``Φ(−1 / (k σ))`` (0 for σ = 0).
+
+    A certain target ``1 + ε`` is clipped to 1 for ε > 0 and leaves the last bin only for ε < −1/k; an uncertain
+    one likewise; see :func:`certainty_targets`.
+    """
+    if noise_std <= 0:
+        return 0.0
+    return float(0.5 * math.erfc(1.0 / (num_bins * noise_std) / math.sqrt(2.0)))

@@ -145,3 +145,15 @@ def test_loss_is_minimised_by_the_weight_distribution(z, b, xi):
     best = uncertainty_loss(torch.log(a / a.sum())[None], torch.tensor([b]), xi)
     other = uncertainty_loss(torch.tensor([z]), torch.tensor([b]), xi)
     assert best.item() <= other.item() + 1e-5
+
+
+@pytest.mark.parametrize(("sigma", "expected"), [(0.0, 0.0), (0.1, 0.0478), (0.2, 0.2023), (0.3, 0.2893)])
+def test_label_noise_spread_formula_and_sampling(sigma, expected):
+    from semkit.models.uncertainty import label_noise_spread
+
+    assert label_noise_spread(sigma, 6) == pytest.approx(expected, abs=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    certain = torch.arange(200_000) % 2 == 0
+    bins = bin_index(certainty_targets(certain, sigma, generator=gen), 6)
+    end = torch.where(certain, 5, 0)
+    assert float((bins != end).float().mean()) == pytest.approx(expected, abs=0.004)
