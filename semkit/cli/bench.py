@@ -85,4 +85,40 @@ def bench_ssl(backbone, crop_size, batch_size, ratios, repeats, seed, as_json) -
               repeats=repeats, seed=seed), as_json)
 
 
+@bench.command("train")
+@click.option("--backbone", "backbones", multiple=True, default=("convnextv2_pico", "resnet50"), show_default=True,
+              help="Backbones to compare (repeatable).")
+@click.option("--variant", "variants", multiple=True,
+              default=("cpu6ep", "defaults", "rois256", "rois256_fpn128", "rois256_channels_last"),
+              show_default=True, help="Step configurations to compare (repeatable); see --list-variants.")
+@click.option("--list-variants", is_flag=True, help="Print the variants and their settings, then exit.")
+@click.option("--data", "dataset", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A BAM TiO2 folder whose training split is cropped (default: synthetic images).")
+@click.option("--crop", "crop_size", default=256, show_default=True, help="Training crop side in pixels.")
+@click.option("--batch-size", default=2, show_default=True)
+@click.option("--steps", default=4, show_default=True, help="Timed steps per variant (after one warm-up step).")
+@click.option("--threads", default=None, type=int, help="torch threads for variants that set none (default: all).")
+@click.option("--uncertainty", is_flag=True, help="Include the confidence head.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result dictionary as JSON.")
+def bench_train(backbones, variants, list_variants, dataset, crop_size, batch_size, steps, threads, uncertainty, seed,
+                as_json) -> None:
+    """Mask R-CNN training step time per component (encoder, FPN, RPN, box and mask heads, backward,
+    optimizer), step configurations side by side on identical batches."""
+    from semkit.bench.train import VARIANTS
+    from semkit.bench.train import bench_train as run
+
+    if list_variants:
+        for name, spec in VARIANTS.items():
+            click.echo(f"{name:<28} {json.dumps(spec)}")
+        return
+    try:
+        result = run(backbones=tuple(backbones), variants=tuple(variants), dataset=dataset, crop_size=crop_size,
+                     batch_size=batch_size, steps=steps, threads=threads, uncertainty=uncertainty, seed=seed,
+                     echo=click.echo)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    _emit(result, as_json)
+
+
 commands = [bench]

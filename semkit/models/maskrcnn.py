@@ -28,6 +28,7 @@ CVPR 2017; the uncertainty head: Rettenberger et al., npj Comput. Mater. 10, 124
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -36,6 +37,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
@@ -69,7 +71,10 @@ class MaskRCNNConfig:
         uncertainty: add the k-bin confidence head.
         num_bins, label_noise_std, distance_scale, bin_weights, detach_uncertainty_features,
         uncertainty_loss_weight: see :class:`semkit.models.uncertainty.UncertaintyConfig`.
-        detections_per_img: maximum detections returned per image.
+        detections_per_img: maximum detections returned per image; with ``detections_per_megapixel`` the
+            smallest cap, for small images.
+        detections_per_megapixel: when set, the cap grows with the image's area (:func:`detection_cap`): a
+            fixed cap below an image's particle count limits recall by a setting.
         anchor_sizes: anchor side lengths in px per pyramid level (same count per level).
         aspect_ratios: anchor height/width ratios, shared by all levels.
         fpn_channels: feature-pyramid width (torchvision's 256).
@@ -80,9 +85,15 @@ class MaskRCNNConfig:
         box_score_thresh: minimum objectness of a returned detection (final thresholds come later, in
             :func:`semkit.models.postprocess.combine_masks`).
         box_nms_thresh: box NMS IoU within the detector.
-        box_batch_size_per_image: sampled RoIs per image in training.
+        box_batch_size_per_image: sampled RoIs per image in training (a quarter of them at most positive;
+            every positive also goes through the mask head, the most expensive part of a CPU training step).
+        mask_head_channels, mask_head_depth: width and number of the 3 × 3 convolutions of the mask head
+            (torchvision's ``MaskRCNNHeads``; its default 4 × 256). The particles of SEM powders are small
+            (10-40 px in BAM TiO2), so a narrower head loses little and costs a quarter per positive RoI.
         paste_masks: return torchvision's full-resolution ``"masks"`` (N, 1, H, W) instead of ``"mask_probs"``
             crops -- only for small images.
+        channels_last: run the encoder and the feature pyramid in the channels-last memory layout (oneDNN's
+            preferred layout on CPUs; measure with ``semkit bench train``).
     """
 
     backbone: str = "convnextv2_pico"
@@ -93,9 +104,10 @@ class MaskRCNNConfig:
     label_noise_std: float = 0.1
     distance_scale: float = 1.0
     bin_weights: tuple[float, ...] | None = None
-    detach_uncertainty_features: bool = True
+    detach_uncertainty_features: bool = False
     uncertainty_loss_weight: float = 1.0
     detections_per_img: int = 500
+    detections_per_megapixel: float | None = None
     anchor_sizes: tuple[tuple[int, ...], ...] = DEFAULT_ANCHOR_SIZES
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     fpn_channels: int = 256
@@ -109,7 +121,10 @@ class MaskRCNNConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_batch_size_per_image: int = 512
+    mask_head_channels: int = 256
+    mask_head_depth: int = 4
     paste_masks: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         check_backbone_name(self.backbone)
@@ -121,6 +136,10 @@ class MaskRCNNConfig:
             raise ValueError(f"anchor_sizes needs 5 levels (4 backbone levels + pool), got {len(self.anchor_sizes)}")
         if self.detections_per_img < 1:
             raise ValueError("detections_per_img must be positive")
+        if self.detections_per_megapixel is not None and self.detections_per_megapixel <= 0:
+            raise ValueError("detections_per_megapixel must be positive or None")
+        if self.mask_head_channels < 1 or self.mask_head_depth < 1:
+            raise ValueError("mask_head_channels and mask_head_depth must be positive")
 
     def uncertainty_config(self) -> UncertaintyConfig | None:
         if not self.uncertainty:
@@ -145,13 +164,18 @@ class TimmFPN(nn.Module):
         out_channels: pyramid width, required by torchvision's detection heads.
     """
 
-    def __init__(self, body: nn.Module, out_channels: int = 256):
+    def __init__(self, body: nn.Module, out_channels: int = 256, channels_last: bool = False):
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.body(x)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
@@ -199,8 +223,9 @@ class ParticleRoIHeads(RoIHeads):
     box representation, so boxes, scores and masks are identical with or without it for the same weights.
 
     * Training: the foreground RoIs that torchvision sampled (kept from :meth:`select_training_samples`) are
-      pooled again, passed through the box head (detached by default) and the confidence head; targets are the
-      ``"certain"`` flags of the matched ground-truth particles (``targets[i]["certain"]``, (G_i,) bool).
+      pooled again, passed through the box head (detached only with ``detach_uncertainty_features``) and the
+      confidence head; targets are the ``"certain"`` flags of the matched ground-truth particles
+      (``targets[i]["certain"]``, (G_i,) bool).
       Adds ``"loss_uncertainty"`` to the loss dict. The label noise is drawn from torch's global RNG after
       torchvision's RoI sampling, so a step's detection losses equal those of a model without the head, but
       later steps sample different RoIs unless the RNG is reseeded.
@@ -210,16 +235,21 @@ class ParticleRoIHeads(RoIHeads):
     Reference: Rettenberger et al., npj Comput. Mater. 10, 124 (2024).
     """
 
-    def __init__(self, *args, uncertainty: UncertaintyConfig | None = None, **kwargs):
+    def __init__(self, *args, uncertainty: UncertaintyConfig | None = None,
+                 detections_per_megapixel: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.detections_floor = self.detections_per_img
+        self.detections_per_megapixel = detections_per_megapixel
         self.uncertainty = uncertainty
         self.uncertainty_head = (
             None if uncertainty is None else UncertaintyHead(uncertainty.in_features, uncertainty.num_bins)
         )
         self._sampled: tuple | None = None
+        self.last_positives: float | None = None
 
     @classmethod
-    def from_roi_heads(cls, heads: RoIHeads, uncertainty: UncertaintyConfig | None) -> ParticleRoIHeads:
+    def from_roi_heads(cls, heads: RoIHeads, uncertainty: UncertaintyConfig | None,
+                       detections_per_megapixel: float | None = None) -> ParticleRoIHeads:
         """Rebuild torchvision's ``RoIHeads`` (same modules and settings) as a :class:`ParticleRoIHeads`."""
         return cls(
             heads.box_roi_pool, heads.box_head, heads.box_predictor,
@@ -227,13 +257,16 @@ class ParticleRoIHeads(RoIHeads):
             heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
             heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
             mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-            uncertainty=uncertainty,
+            uncertainty=uncertainty, detections_per_megapixel=detections_per_megapixel,
         )
 
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
         # remember which RoIs were sampled and which particle each matches, for the uncertainty targets
         self._sampled = out
+        labels = out[2]
+        # positives per image feed the mask head: its cost (semkit bench train) grows with them
+        self.last_positives = float(sum(int((lab > 0).sum()) for lab in labels)) / max(len(labels), 1)
         return out
 
     def uncertainty_logits(self, features, boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
@@ -246,6 +279,9 @@ class ParticleRoIHeads(RoIHeads):
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.uncertainty_head is not None and self.training:
             _check_certain(targets)
+        if not self.training and image_shapes:
+            h, w = max(s[0] for s in image_shapes), max(s[1] for s in image_shapes)
+            self.detections_per_img = detection_cap(h, w, self.detections_per_megapixel, self.detections_floor)
         result, losses = super().forward(features, proposals, image_shapes, targets)
         if self.uncertainty_head is None:
             return result, losses
@@ -294,7 +330,7 @@ def build_maskrcnn(config: MaskRCNNConfig | None = None, **overrides) -> MaskRCN
     cfg = MaskRCNNConfig(**{**(asdict(config) if config else {}), **overrides})
     body = create_backbone(cfg.backbone, in_chans=len(cfg.image_mean), init=cfg.init,
                            imagenet_file=cfg.imagenet_file)
-    backbone = TimmFPN(body, cfg.fpn_channels)
+    backbone = TimmFPN(body, cfg.fpn_channels, cfg.channels_last)
     anchors = AnchorGenerator(sizes=cfg.anchor_sizes, aspect_ratios=(cfg.aspect_ratios,) * len(cfg.anchor_sizes))
     model = MaskRCNN(
         backbone,
@@ -309,8 +345,15 @@ def build_maskrcnn(config: MaskRCNNConfig | None = None, **overrides) -> MaskRCN
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
     )
+    if (cfg.mask_head_channels, cfg.mask_head_depth) != (256, 4):
+        # torchvision builds its 4 x 256 head; replaced only when it differs, so that models with the default
+        # head draw their random weights exactly as before
+        model.roi_heads.mask_head = MaskRCNNHeads(cfg.fpn_channels, (cfg.mask_head_channels,) * cfg.mask_head_depth, 1)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels,
+                                                           len(CLASS_NAMES))
     model.transform = NoResizeTransform(cfg.image_mean, cfg.image_std, cfg.size_divisible, cfg.paste_masks)
-    model.roi_heads = ParticleRoIHeads.from_roi_heads(model.roi_heads, cfg.uncertainty_config())
+    model.roi_heads = ParticleRoIHeads.from_roi_heads(model.roi_heads, cfg.uncertainty_config(),
+                                                      cfg.detections_per_megapixel)
     model.config = cfg
     return model
 
@@ -328,3 +371,40 @@ def _check_certain(targets) -> None:
             raise InputError(
                 f"target {i}: {t['certain'].shape[0]} certainty flags for {t['boxes'].shape[0]} boxes"
             )
+
+
+def detection_cap(height: int, width: int, per_megapixel: float | None, floor: int) -> int:
+    """Detections to keep for an image: ``max(floor, ceil(H × W / 10⁶ × per_megapixel))`` (``floor`` alone when
+    ``per_megapixel`` is ``None``). E.g. 700 per megapixel: 505 for 1024 × 704, 1613 for 1920 × 1200."""
+    if per_megapixel is None:
+        return int(floor)
+    return int(max(floor, math.ceil(height * width / 1e6 * per_megapixel)))
+
+
+@torch.no_grad()
+def confidence_of_boxes(model: MaskRCNN, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The confidence head's γ for given boxes of one image -- e.g. every ground-truth particle's box, as the
+    uncertainty-aware study evaluates the head (independently of what the detector finds).
+
+    Args:
+        model: a particle Mask R-CNN with the uncertainty head (eval mode is set here).
+        image: (1, H, W) float in [0, 1].
+        boxes: (G, 4) XYXY boxes in the image's pixels.
+
+    Returns:
+        (G,) confidences in [0, 1] on the CPU.
+
+    Raises:
+        InputError: the model has no uncertainty head.
+    """
+    heads = model.roi_heads
+    if getattr(heads, "uncertainty_head", None) is None:
+        raise InputError("this model has no uncertainty head (it was built with uncertainty=False)")
+    model.eval()
+    device = next(model.parameters()).device
+    images, _ = model.transform([image.to(device)])
+    features = model.backbone(images.tensors)
+    if len(boxes) == 0:
+        return torch.zeros(0)
+    logits = heads.uncertainty_logits(features, [boxes.to(device, torch.float32)], images.image_sizes)
+    return confidence(logits.softmax(dim=1)).cpu()
