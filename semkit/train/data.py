@@ -13,8 +13,8 @@ for torchvision's Mask R-CNN (and, with ``target_kind="unet"``, the two-channel 
    geometric transforms of masks and boxes agree exactly. The expert certainty flag of each particle is kept;
 3. **augment** (training only, :func:`make_augmentation`) -- ``torchvision.transforms.v2`` on the
    ``tv_tensors`` image, masks and boxes together: horizontal/vertical flips and 90° rotations move all three
-   (exactly: 90° rotations permute pixels, no interpolation), brightness/contrast jitter and Gaussian blur act
-   on the image only.
+   (exactly: 90° rotations permute pixels, no interpolation), brightness/contrast jitter, gamma, Gaussian blur
+   and Gaussian noise act on the image only.
 
 A window without particles is a valid negative sample (empty ``boxes`` (0, 4) and ``masks`` (0, h, w)); torchvision's
 Mask R-CNN trains on such images. Records without instance labels cannot be used and raise.
@@ -68,6 +68,11 @@ class DataConfig:
         contrast: contrast jitter: factor drawn from [1 - c, 1 + c] (0 = off).
         blur_p: probability of a Gaussian blur.
         blur_sigma: range of the blur σ in pixels.
+        gamma: gamma correction ``x ** γ`` with γ log-uniform in [1 / (1 + g), 1 + g] (0 = off): SEM
+            brightness curves differ between detectors and operators.
+        noise_p: probability of additive Gaussian noise.
+        noise_std: the noise σ is drawn uniformly from [0, noise_std] (images in [0, 1]; clipped back to it):
+            scan speed and dose change the shot noise of SEM images.
         magnification_bucket: keep only records of this bucket (``"low"``/``"high"``); ``None`` keeps all.
     """
 
@@ -84,6 +89,9 @@ class DataConfig:
     contrast: float = 0.2
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.1, 1.5)
+    gamma: float = 0.0
+    noise_p: float = 0.0
+    noise_std: float = 0.05
     magnification_bucket: str | None = None
 
     def __post_init__(self) -> None:
@@ -92,7 +100,9 @@ class DataConfig:
             raise ValueError(f"crop_size must be at least 16 px or None, got {self.crop_size}")
         if self.crops_per_image < 1 or self.batch_size < 1:
             raise ValueError("crops_per_image and batch_size must be positive")
-        for name in ("hflip", "vflip", "blur_p"):
+        if self.gamma < 0 or self.noise_std < 0:
+            raise ValueError("gamma and noise_std must be >= 0")
+        for name in ("hflip", "vflip", "blur_p", "noise_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
 
@@ -121,7 +131,46 @@ def make_augmentation(config: DataConfig) -> v2.Transform:
         # kernel of about 6σ for the largest σ, odd
         kernel = 2 * int(np.ceil(3 * config.blur_sigma[1])) + 1
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=config.blur_sigma)], p=config.blur_p))
+    if config.gamma > 0:
+        steps.append(RandomGamma(config.gamma))
+    if config.noise_p > 0 and config.noise_std > 0:
+        steps.append(v2.RandomApply([RandomGaussianNoise(config.noise_std)], p=config.noise_p))
     return v2.Compose(steps) if steps else v2.Identity()
+
+
+class RandomGamma(v2.Transform):
+    """``image ** γ`` with ``log γ`` uniform in ``[-log(1 + g), log(1 + g)]``; images only (masks and boxes pass
+    through unchanged). Draws from torch's RNG, so seeding makes it repeatable."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, g: float):
+        super().__init__()
+        self.log_range = float(np.log1p(g))
+
+    def make_params(self, flat_inputs):
+        u = float(torch.empty(()).uniform_(-self.log_range, self.log_range))
+        return {"gamma": float(np.exp(u))}
+
+    def transform(self, inpt, params):
+        return v2.functional.adjust_gamma(inpt, params["gamma"])
+
+
+class RandomGaussianNoise(v2.Transform):
+    """Additive Gaussian noise of σ uniform in [0, ``max_std``], clipped to [0, 1]; images only."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, max_std: float):
+        super().__init__()
+        self.max_std = float(max_std)
+
+    def make_params(self, flat_inputs):
+        return {"std": float(torch.empty(()).uniform_(0.0, self.max_std))}
+
+    def transform(self, inpt, params):
+        noisy = inpt + params["std"] * torch.randn_like(inpt)
+        return tv_tensors.wrap(noisy.clamp(0.0, 1.0), like=inpt)
 
 
 def select_bucket(records: Sequence[SEMRecord], bucket: str | None) -> list[SEMRecord]:

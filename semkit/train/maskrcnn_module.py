@@ -4,7 +4,7 @@ Training minimises the sum of torchvision's Mask R-CNN losses (RPN objectness an
 classification and regression, mask) plus, when the model has the uncertainty head, the distance-weighted
 bin cross-entropy of :mod:`semkit.models.uncertainty` whose targets come from the ``certain`` flags of the
 matched ground-truth particles. Optimiser: AdamW (learning rate 1e-4 by default, as in the uncertainty-aware
-Mask R-CNN study).
+Mask R-CNN study), with the budgeted warmup + cosine schedule of :mod:`semkit.train.recipe` when one is given.
 
 Validation runs the model on whole images, combines the detections into one label map with
 :func:`semkit.models.combine_detections` and computes the image-averaged AJI+ (:func:`semkit.metrics.aji_plus`)
@@ -34,6 +34,7 @@ from semkit.errors import InputError
 from semkit.metrics import aji_plus
 from semkit.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from semkit.models.postprocess import CombineThresholds, combine_detections
+from semkit.train.recipe import configure_optimizers
 
 #: Target keys torchvision's Mask R-CNN (and the uncertainty head) read.
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
@@ -67,6 +68,8 @@ class MaskRCNNModule(L.LightningModule):
         load_encoder: initialise the encoder as ``model_config.init`` says (ImageNet / semkit checkpoint).
             The hyperparameters stored in checkpoints always say ``False``: reloading takes every weight from the
             checkpoint and never needs the pretraining file or the network.
+        schedule, max_steps, budget_seconds: the learning-rate schedule over the training budget
+            (:func:`semkit.train.recipe.configure_optimizers`); ``schedule=None`` keeps the rate constant.
 
     Batches are ``(images, targets)`` from :class:`semkit.train.data.SEMDataModule`: lists of (1, H, W) float
     tensors and dicts with ``boxes``, ``labels``, ``masks``, ``certain`` (needed with the uncertainty head) and
@@ -75,11 +78,13 @@ class MaskRCNNModule(L.LightningModule):
 
     def __init__(self, model_config: MaskRCNNConfig | dict | None = None, lr: float = 1e-4,
                  weight_decay: float = 1e-4, thresholds: CombineThresholds | dict | None = None,
-                 val_score_thresholds: Sequence[float] = (0.1, 0.3, 0.5), load_encoder: bool = True):
+                 val_score_thresholds: Sequence[float] = (0.1, 0.3, 0.5), load_encoder: bool = True,
+                 schedule: dict | None = None, max_steps: int | None = None, budget_seconds: float | None = None):
         super().__init__()
         cfg = model_config_from(model_config)
         th = thresholds if isinstance(thresholds, CombineThresholds) else CombineThresholds(**(thresholds or {}))
         self.save_hyperparameters({"model_config": cfg.to_dict(), "lr": lr, "weight_decay": weight_decay,
+                                   "schedule": schedule, "max_steps": max_steps, "budget_seconds": budget_seconds,
                                    "thresholds": asdict(th), "val_score_thresholds": list(val_score_thresholds),
                                    "load_encoder": False})
         self.model = build_maskrcnn(cfg) if load_encoder else build_maskrcnn(cfg, init="random", imagenet_file=None)
@@ -141,7 +146,8 @@ class MaskRCNNModule(L.LightningModule):
         self.log("val/aji_plus", max(means), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return configure_optimizers(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.schedule,
+                                    self.hparams.max_steps, self.hparams.budget_seconds)
 
 
 def check_certainty(records: Sequence[SEMRecord]) -> None:

@@ -50,6 +50,8 @@ class TrainerConfig(JsonConfig):
         max_time: wall-clock budget as ``"DD:HH:MM:SS"``; ``None`` for no limit.
         max_steps: optimiser steps in all; the run ends at ``max_epochs`` or ``max_steps``, whichever comes
             first (a fixed compute budget across pool sizes); ``None`` for no limit.
+        val_every_steps: validate every this many training batches, across epoch boundaries (``None``: at the
+            end of every epoch); with it, ``patience`` counts validations, not epochs.
         limit_train_batches: int (batches) or float (fraction) per training epoch; ``None`` = all.
         limit_val_batches: same for validation; ``None`` = all.
         log_every_n_steps: how often step-level values are logged.
@@ -74,6 +76,7 @@ class TrainerConfig(JsonConfig):
     patience: int | None = 10
     max_time: str | None = None
     max_steps: int | None = None
+    val_every_steps: int | None = None
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     log_every_n_steps: int = 10
@@ -91,6 +94,8 @@ class TrainerConfig(JsonConfig):
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.val_every_steps is not None and self.val_every_steps < 1:
+            raise ValueError(f"val_every_steps must be >= 1 or None, got {self.val_every_steps}")
 
 
 
@@ -140,6 +145,9 @@ def make_trainer(config: TrainerConfig, callbacks: Iterable[Callback] = ()) -> L
         value = getattr(config, name)
         if value is not None:
             kwargs[name] = value
+    if config.val_every_steps is not None:
+        # an int interval counts training batches across epochs only without the per-epoch check
+        kwargs.update(val_check_interval=config.val_every_steps, check_val_every_n_epoch=None)
     return L.Trainer(
         max_epochs=config.max_epochs,
         accelerator=config.accelerator,

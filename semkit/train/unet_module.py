@@ -27,6 +27,7 @@ from semkit.models.unet import (
     unet_logits,
     unet_loss,
 )
+from semkit.train.recipe import configure_optimizers
 
 
 def unet_encoder_for(backbone: str) -> str:
@@ -57,16 +58,20 @@ class UNetModule(L.LightningModule):
         foreground_threshold, seed_threshold, min_area: post-processing of
             :func:`semkit.models.instances_from_prediction` used for validation.
         load_encoder: apply ``init`` (stored as ``False`` in checkpoints, whose weights are complete).
+        schedule, max_steps, budget_seconds: the learning-rate schedule over the training budget
+            (:func:`semkit.train.recipe.configure_optimizers`); ``schedule=None`` keeps the rate constant.
     """
 
     def __init__(self, encoder: str = "tu-convnextv2_atto", arch: str = "unet", init: str = "random",
                  imagenet_file: str | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  foreground_threshold: float = 0.5, seed_threshold: float = 0.5, min_area: int = 10,
-                 load_encoder: bool = True):
+                 load_encoder: bool = True, schedule: dict | None = None, max_steps: int | None = None,
+                 budget_seconds: float | None = None):
         super().__init__()
         encoder = unet_encoder_for(encoder)
         self.save_hyperparameters({"encoder": encoder, "arch": arch, "init": str(init), "imagenet_file": None,
-                                   "lr": lr, "weight_decay": weight_decay,
+                                   "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+                                   "max_steps": max_steps, "budget_seconds": budget_seconds,
                                    "foreground_threshold": foreground_threshold, "seed_threshold": seed_threshold,
                                    "min_area": min_area, "load_encoder": False})
         config = UNetConfig(encoder=encoder, arch=arch, init=str(init),
@@ -102,7 +107,8 @@ class UNetModule(L.LightningModule):
                      prog_bar=True, batch_size=1, sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return configure_optimizers(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.schedule,
+                                    self.hparams.max_steps, self.hparams.budget_seconds)
 
     @torch.no_grad()
     def predict_logits(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
